@@ -1,0 +1,264 @@
+"""How commands reach the cluster: the system OpenSSH client, one ControlMaster per host.
+
+The master is the one authentication of a session (the user's ~/.ssh/config, agent, jump
+hosts, Kerberos and 2FA prompts all work because this is plain `ssh`). Every later command,
+file transfer and port forward is multiplexed over it. A connection to a compute node is a
+second master whose transport is a `-W` stdio channel through the login master, so it costs
+no further login-node authentication.
+
+Argument lists are quoted once, here, where they cross to the remote shell; secrets and
+scripts travel on stdin, never in a command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shlex
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConnectError, RemoteError
+from .paths import private_dir
+
+log = logging.getLogger(__name__)
+
+# First on the command line, so they win over ~/.ssh/config and the profile's ssh_options.
+SAFE_OPTIONS = (
+    "-o", "ForwardAgent=no",
+    "-o", "ForwardX11=no",
+    "-o", "StrictHostKeyChecking=yes",
+    "-o", "GatewayPorts=no",
+    "-o", "PermitLocalCommand=no",
+)
+MASTER_OPTIONS = (
+    "-o", "ControlMaster=yes",
+    "-o", "ControlPersist=yes",
+    "-o", "ClearAllForwardings=yes",
+    "-o", "ExitOnForwardFailure=yes",
+    "-o", "ServerAliveInterval=10",
+    "-o", "ServerAliveCountMax=3",
+    "-o", "ConnectTimeout=20",
+)
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Counters:
+    """What a session cost: benchmarks print these."""
+
+    connects: int = 0
+    commands: int = 0
+
+
+def _classify(host: str, stderr: str) -> ConnectError:
+    text = stderr.strip()
+    low = text.lower()
+    if "remote host identification has changed" in low or "host key verification failed" in low:
+        if "has changed" in low:
+            return ConnectError(
+                f"the host key of {host} has changed: hpclab stopped before sending anything",
+                hint="if the cluster's admins announced new host keys, remove the old one with "
+                f"`ssh-keygen -R {host}` and verify the new fingerprint; otherwise someone may be "
+                "intercepting the connection",
+            )
+        return ConnectError(
+            f"the host key of {host} is not known or does not match",
+            hint=f"connect once with `ssh {host}` to verify and accept the host key, then retry",
+        )
+    if "permission denied" in low or "too many authentication failures" in low:
+        return ConnectError(
+            f"{host} refused the login",
+            hint="check that `ssh HOST true` works (key, agent, user name) " + (f"\nssh said: {text[-300:]}" if text else ""),
+        )
+    if "could not resolve hostname" in low:
+        return ConnectError(f"cannot resolve the host name {host}", hint="check `host` in the profile or ~/.ssh/config")
+    if any(s in low for s in ("no route to host", "connection refused", "timed out", "network is unreachable")):
+        return ConnectError(
+            f"cannot reach {host}",
+            hint=f"ssh said: {text[-300:]}\ncheck the network, VPN, or the host name",
+        )
+    return ConnectError(f"ssh to {host} failed", hint=text[-500:] or None)
+
+
+class SshRemote:
+    """Commands on one SSH destination through a ControlMaster.
+
+    The constructor only stores; `connect()` (or first use) opens the master; `close()`
+    ends it. `via` makes this a connection to a host behind another SshRemote (a compute
+    node behind the login node)."""
+
+    def __init__(
+        self,
+        host: str,
+        ssh_options: Sequence[str],
+        control_dir: Path,
+        *,
+        via: SshRemote | None = None,
+        counters: Counters | None = None,
+    ) -> None:
+        self.host = host
+        self.ssh_options = tuple(ssh_options)
+        self.control_dir = control_dir
+        self.via = via
+        self.counters = counters or (via.counters if via else Counters())
+        key = "\0".join((host, *self.ssh_options, via.control_path if via else ""))
+        self.control_path = str(control_dir / hashlib.sha256(key.encode()).hexdigest()[:16])
+
+    # -- argv building -----------------------------------------------------------------
+
+    def _base(self) -> list[str]:
+        argv = ["ssh", *SAFE_OPTIONS, *self.ssh_options, "-o", f"ControlPath={self.control_path}"]
+        if self.via is not None:
+            # %h:%p are expanded by ssh; our own % must be escaped for it.
+            inner = self.via.argv_for(["-W", "%h:%p"])
+            argv += ["-o", "ProxyCommand=" + shlex.join(inner).replace("%", "%%").replace("%%h:%%p", "%h:%p")]
+        return argv
+
+    def argv_for(self, extra: Sequence[str]) -> list[str]:
+        """ssh argv through this master: `ssh OPTS -o ControlMaster=no EXTRA -- HOST`."""
+        return [*self._base(), "-o", "ControlMaster=no", *extra, "--", self.host]
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        if not os.path.exists(self.control_path):
+            return False
+        proc = subprocess.run(
+            [*self._base(), "-O", "check", "--", self.host],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, start_new_session=True,
+            timeout=10,
+        )
+        return proc.returncode == 0
+
+    def connect(self) -> None:
+        """Open the master unless one is alive. Raises ConnectError with what ssh said."""
+        if self.alive():
+            return
+        if self.via is not None:
+            self.via.connect()
+        private_dir(self.control_dir)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.control_path)  # a stale socket of a dead master
+        argv = [*self._base(), *MASTER_OPTIONS, "-f", "-N", "--", self.host]
+        log.debug("connect: %s", shlex.join(argv))
+        # The master forks into the background after authenticating; its stderr must not be a
+        # pipe we read to EOF, or we would wait for the master to exit.
+        with tempfile.TemporaryFile(mode="w+") as err:
+            started = time.monotonic()
+            try:
+                rc = subprocess.run(argv, stdin=None, stdout=subprocess.DEVNULL, stderr=err, timeout=300).returncode
+            except subprocess.TimeoutExpired:
+                raise ConnectError(f"ssh to {self.host} did not finish authenticating in 300 s") from None
+            err.seek(0)
+            stderr = err.read()
+        self.counters.connects += 1
+        log.debug("connect: rc=%s in %.2fs", rc, time.monotonic() - started)
+        if rc != 0:
+            raise _classify(self.host, stderr)
+
+    def close(self) -> None:
+        if os.path.exists(self.control_path):
+            subprocess.run(
+                [*self._base(), "-O", "exit", "--", self.host],
+                stdin=subprocess.DEVNULL, capture_output=True, start_new_session=True, timeout=10,
+            )
+
+    def master_pid(self) -> int | None:
+        proc = subprocess.run(
+            [*self._base(), "-O", "check", "--", self.host],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, start_new_session=True, timeout=10,
+        )
+        # "Master running (pid=1234)"
+        text = proc.stderr + proc.stdout
+        if "pid=" in text:
+            return int(text.split("pid=")[1].split(")")[0])
+        return None
+
+    def __enter__(self) -> SshRemote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- commands ----------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float | None = 120,
+        what: str | None = None,
+    ) -> Completed:
+        """Run `argv` on the host (quoted once here). Raises ConnectError when ssh itself
+        failed, RemoteError when the command failed and `check` is set."""
+        if not self.alive():
+            self.connect()
+        command = shlex.join(argv)
+        full = [*self.argv_for(["-T"]), command]
+        log.debug("run on %s: %s", self.host, command if len(command) < 400 else command[:400] + "...")
+        self.counters.commands += 1
+        try:
+            proc = subprocess.run(
+                full,
+                input=input if input is not None else "",
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                start_new_session=True,  # Ctrl-C must not kill a cleanup command halfway
+            )
+        except subprocess.TimeoutExpired:
+            raise RemoteError(f"{what or argv[0]} on {self.host} did not answer in {timeout:.0f} s") from None
+        result = Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        if proc.returncode == 255 and not self.alive():
+            raise _classify(self.host, proc.stderr)
+        if check and proc.returncode != 0:
+            raise RemoteError(
+                f"{what or argv[0]} exited {proc.returncode} on {self.host}",
+                hint=proc.stderr.strip()[-800:] or None,
+                returncode=proc.returncode,
+                stdout=proc.stdout,
+                stderr=proc.stderr,
+            )
+        return result
+
+    def shell(self, script: str, *args: str, **kw: object) -> Completed:
+        """Run a POSIX sh `script` with positional `args`. The script must be one line and
+        free of '!' so that csh-family login shells pass it through unchanged."""
+        assert "\n" not in script and "!" not in script, script
+        return self.run(["sh", "-c", script, "hpclab", *args], **kw)  # type: ignore[arg-type]
+
+    # -- forwards ----------------------------------------------------------------------
+
+    def forward(self, spec: str) -> None:
+        """Add a local forward `127.0.0.1:PORT:TARGET` to the running master."""
+        self._control("forward", spec)
+
+    def cancel_forward(self, spec: str) -> None:
+        self._control("cancel", spec, check=False)
+
+    def _control(self, op: str, spec: str, check: bool = True) -> None:
+        argv = [*self._base(), "-o", "ExitOnForwardFailure=yes", "-O", op, "-L", spec, "--", self.host]
+        log.debug("%s forward %s", op, spec)
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              start_new_session=True, timeout=20)
+        if check and proc.returncode != 0:
+            raise RemoteError(
+                f"could not {op} the forward {spec} on the connection to {self.host}",
+                hint=proc.stderr.strip() or None,
+            )

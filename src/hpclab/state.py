@@ -1,0 +1,146 @@
+"""Session records on the laptop: one versioned JSON file per session, written atomically,
+read and changed under one lock so concurrent hpclab commands do not lose updates."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .paths import Paths, private_dir, write_private
+
+log = logging.getLogger(__name__)
+
+VERSION = 2
+
+
+@dataclass
+class SessionRecord:
+    id: str
+    profile: str
+    host: str
+    ssh_options: list[str]
+    scheduler: str
+    job_id: str | None = None
+    state: str = "submitting"
+    transport: str = "auto"
+    node: str | None = None
+    user: str | None = None
+    address: str | None = None
+    port: int | None = None
+    socket: str | None = None
+    local_port: int | None = None
+    token: str = field(default="", repr=False)
+    created: float = 0.0
+    time_limit: int | None = None
+    started: float | None = None  # when the job was seen running (epoch seconds)
+    detached: bool = False
+    jupyter_server: str | None = None
+    ended_reason: str | None = None
+    version: int = VERSION
+
+    @property
+    def url(self) -> str | None:
+        if not self.local_port:
+            return None
+        return f"http://127.0.0.1:{self.local_port}/lab?token={self.token}"
+
+    def public(self) -> dict[str, Any]:
+        """The record without its secret, for listings and logs."""
+        data = asdict(self)
+        data.pop("token")
+        return data
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older record up to VERSION. v1 had 'remote_port' and no 'version' key."""
+    version = int(data.get("version", 1))
+    if version < 2:
+        if "remote_port" in data:
+            data["port"] = data.pop("remote_port")
+        data["version"] = 2
+    known = {f.name for f in fields(SessionRecord)}
+    return {k: v for k, v in data.items() if k in known}
+
+
+class CorruptRecord(Exception):
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path = path
+        self.why = why
+
+
+class Store:
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.problems: list[CorruptRecord] = []
+
+    def _ensure(self) -> None:
+        private_dir(self.paths.state_dir)
+        private_dir(self.paths.sessions_dir)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        self._ensure()
+        fd = os.open(self.paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def path(self, session_id: str) -> Path:
+        return self.paths.sessions_dir / f"{session_id}.json"
+
+    def save(self, record: SessionRecord) -> None:
+        self._ensure()
+        with self.lock():
+            write_private(self.path(record.id), json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
+
+    def load(self, session_id: str) -> SessionRecord | None:
+        path = self.path(session_id)
+        try:
+            return self._read(path)
+        except FileNotFoundError:
+            return None
+
+    def _read(self, path: Path) -> SessionRecord:
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            record = SessionRecord(**migrate(data))
+        except FileNotFoundError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise CorruptRecord(path, str(exc)) from None
+        if record.version != VERSION:
+            raise CorruptRecord(path, f"unknown version {record.version}")
+        return record
+
+    def all(self) -> list[SessionRecord]:
+        """Every readable record, oldest first. Unreadable ones are collected in `problems`."""
+        self.problems = []
+        if not self.paths.sessions_dir.is_dir():
+            return []
+        records = []
+        for path in sorted(self.paths.sessions_dir.glob("*.json")):
+            try:
+                records.append(self._read(path))
+            except FileNotFoundError:
+                continue
+            except CorruptRecord as exc:
+                log.warning("ignoring unreadable session record %s: %s", exc.path, exc.why)
+                self.problems.append(exc)
+        return sorted(records, key=lambda r: r.created)
+
+    def delete(self, session_id: str) -> None:
+        with self.lock():
+            self.path(session_id).unlink(missing_ok=True)
