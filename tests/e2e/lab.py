@@ -1,0 +1,221 @@
+"""Helpers for end-to-end tests of hpclab itself on the test cluster: run the real `hpclab`
+command with an isolated HPCLAB_HOME, look at the cluster as its users and as root, drive a
+real headless Chromium. Import the fixtures into a test module with `from lab import *`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HPCLAB = [sys.executable, "-m", "hpclab"]
+TC_DIR = Path(os.environ.get("HPCLAB_TC_DIR", "/var/tmp/hpclab-testcluster"))
+URL_RE = re.compile(r"http://127\.0\.0\.1:(\d+)/lab\?token=([A-Za-z0-9_\-]+)")
+
+
+@functools.cache
+def _cluster_env() -> dict[str, str]:
+    from conftest import testcluster_env
+
+    return testcluster_env()
+
+
+def tc(name: str) -> str:
+    """A variable of `scripts/testcluster env` (HPCLAB_CONFIG, TC_USER, ...)."""
+    return os.environ.get(name) or _cluster_env()[name]
+
+
+def tcx(host: str, argv: list[str], *, user: str | None = None, input: str | None = None,
+        check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run argv inside a cluster host (login, node1, node2), as root or as `user`."""
+    cmd = [str(TC_DIR / "bin" / "tcx"), host]
+    if user:
+        cmd += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--reset-env", "--",
+                "env", f"HOME=/home/{user}", f"USER={user}", "PATH=/usr/local/bin:/usr/bin:/bin"]
+    proc = subprocess.run(cmd + argv, input=input, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{shlex.join(argv)} on {host} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def user_jobs(user: str) -> list[str]:
+    """Job ids the scheduler still has pending or running for `user` (asked as root on login)."""
+    out = tcx("login", ["squeue", "-h", "-u", user, "-t", "PENDING,RUNNING,COMPLETING,CONFIGURING",
+                        "-o", "%i"]).stdout
+    return out.split()
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Run:
+    """A foreground `hpclab` process whose output goes to files we can read while it runs."""
+
+    proc: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def wait_url(self, timeout: float = 120) -> tuple[str, int, str]:
+        def found() -> tuple[str, int, str] | None:
+            m = URL_RE.search(self.stdout())
+            if m:
+                return m.group(0), int(m.group(1)), m.group(2)
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hpclab exited {self.proc.returncode}:\n{self.stderr()}")
+            return None
+        return wait_for(found, timeout, what="the lab URL")
+
+    def wait_stderr(self, text: str, timeout: float = 60) -> None:
+        wait_for(lambda: text in self.stderr() or (self.proc.poll() is not None and text in self.stderr())
+                 or self._dead(text), timeout, what=repr(text))
+
+    def _dead(self, text: str) -> bool:
+        if self.proc.poll() is not None and text not in self.stderr():
+            raise AssertionError(f"hpclab exited {self.proc.returncode} without saying {text!r}:\n{self.stderr()}")
+        return False
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 120) -> int:
+        return self.proc.wait(timeout=timeout)
+
+
+@dataclass
+class Hpclab:
+    """The real hpclab command with its own HPCLAB_HOME (a "laptop")."""
+
+    home: Path
+    config: Path
+    env_extra: dict[str, str] = field(default_factory=dict)
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"HPCLAB_HOME": str(self.home), "HPCLAB_CONFIG": str(self.config), "NO_COLOR": "1",
+                    "BROWSER": "true"})
+        env.update(self.env_extra)
+        return env
+
+    def __call__(self, *args: str, timeout: float = 180, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*HPCLAB, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
+
+    def json(self, *args: str, timeout: float = 180) -> Any:
+        proc = self(*args, "--json", timeout=timeout)
+        assert proc.returncode == 0, f"hpclab {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
+        return json.loads(proc.stdout)
+
+    def start(self, *args: str) -> Run:
+        n = len(self.runs)
+        out, err = self.home / f"run{n}.out", self.home / f"run{n}.err"
+        self.home.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen([*HPCLAB, *args], env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=out.open("wb"), stderr=err.open("wb"), start_new_session=True)
+        run = Run(proc, out, err)
+        self.runs.append(run)
+        return run
+
+    def write_config(self, text: str) -> Path:
+        path = self.home / "config.toml"
+        self.home.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        self.config = path
+        return path
+
+    def cleanup(self) -> None:
+        for run in self.runs:
+            if run.proc.poll() is None:
+                run.proc.send_signal(signal.SIGTERM)
+                try:
+                    run.proc.wait(timeout=90)
+                except subprocess.TimeoutExpired:
+                    run.proc.kill()
+        self("stop", "--all", timeout=180)
+
+
+def profile_text(name: str = "testcluster", **overrides: Any) -> str:
+    """A config with one profile copied from the test cluster's, with `overrides`."""
+    import tomllib
+
+    base = tomllib.loads(Path(tc("HPCLAB_CONFIG")).read_text())["profiles"][name]
+    base.update(overrides)
+    lines = [f"[profiles.{name}]"]
+    for key, value in base.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def hpclab(cluster: Any, tmp_path: Path) -> Iterator[Hpclab]:
+    tool = Hpclab(home=tmp_path / "laptop", config=Path(tc("HPCLAB_CONFIG")))
+    tool.home.mkdir()
+    yield tool
+    tool.cleanup()
+    for user in (tc("TC_USER"), tc("TC_USER2")):
+        for job in user_jobs(user):
+            tcx("login", ["scancel", job], check=False)
+
+
+def run_cell(url: str, code: str, timeout: float = 60) -> str:
+    """Open the lab in headless Chromium, make a notebook, run `code`, return the output text."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=os.environ.get("TC_CHROMIUM", "/usr/bin/chromium"), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                  "--no-first-run", "--disable-component-update", "--disable-sync"],
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(timeout * 1000)
+            page.goto(url.replace("/lab?", "/lab?reset&"))
+            page.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
+            cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
+            output = page.locator(".jp-OutputArea-output").first
+            # Typing right after the kernel turns idle is sometimes lost: retry, replacing the text.
+            for attempt in range(3):
+                time.sleep(0.5)
+                cell.click()
+                page.keyboard.press("Control+a")
+                page.keyboard.type(code)
+                page.keyboard.press("Shift+Enter")
+                try:
+                    output.wait_for(timeout=20000)
+                    break
+                except Exception:
+                    if attempt == 2:
+                        raise
+            return output.inner_text()
+        finally:
+            browser.close()

@@ -1,0 +1,192 @@
+"""`hpclab up` on the real test cluster: SLURM, sshd, JupyterLab and headless Chromium."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from lab import Hpclab, hpclab, run_cell, tc, tcx, profile_text, user_jobs, wait_for
+
+__all__ = ["hpclab"]
+
+NODES = ("node1", "node2")
+
+
+def session_dirs(user: str) -> list[str]:
+    out = tcx("login", ["sh", "-c", f"ls -A /home/{user}/.hpclab/sessions 2>/dev/null || true"]).stdout
+    return out.split()
+
+
+def accepted(host: str, user: str) -> int:
+    path = f"{tc('HPCLAB_TC_DIR')}/log/sshd-{host}.log"
+    with open(path) as fh:
+        return sum(1 for line in fh if f"Accepted publickey for {user} " in line)
+
+
+def hold_nodes() -> str:
+    """Occupy every CPU of the cluster with a job of the second user; returns its id."""
+    out = tcx("login", ["sbatch", "--parsable", "-N2", "--exclusive", "-J", "holder", "-o", "/dev/null",
+                        "--wrap", "sleep 600"], user=tc("TC_USER2")).stdout
+    job = out.strip().split(";")[0]
+    wait_for(lambda: job in user_jobs(tc("TC_USER2")) and tcx(
+        "login", ["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip() == "RUNNING", 30, what="holder job")
+    return job
+
+
+@pytest.mark.parametrize("transport", ["tcp", "socket"])
+def test_browser_runs_a_cell_on_the_compute_node(hpclab: Hpclab, transport: str) -> None:
+    info = hpclab.json("up", "testcluster", "--transport", transport, "--detach", "--no-browser")
+    assert info["transport"] == transport
+    assert info["node"] in NODES
+    assert info["state"] == "running"
+    assert info["url"].startswith(f"http://127.0.0.1:{info['local_port']}/lab?token=")
+    for key in ("id", "profile", "job_id", "node", "transport", "local_port", "url", "state"):
+        assert info[key], key
+    output = run_cell(info["url"], "import socket; print('ON', socket.gethostname())")
+    assert output.strip() == f"ON {info['node']}"
+
+
+def test_ctrl_c_while_running_leaves_nothing(hpclab: Hpclab) -> None:
+    user = tc("TC_USER")
+    run = hpclab.start("up", "testcluster", "--no-browser")
+    run.wait_url()
+    assert len(user_jobs(user)) == 1
+    run.signal(signal.SIGINT)
+    assert run.wait(90) == 130
+    assert user_jobs(user) == []
+    assert session_dirs(user) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_leave_nothing(hpclab: Hpclab, sig: int) -> None:
+    user = tc("TC_USER")
+    run = hpclab.start("up", "testcluster", "--no-browser", "--transport", "tcp")
+    run.wait_url()
+    run.signal(sig)
+    assert run.wait(90) == 130
+    assert user_jobs(user) == []
+    assert session_dirs(user) == []
+
+
+def test_ctrl_c_while_pending_and_again_during_cleanup_leaves_nothing(hpclab: Hpclab) -> None:
+    user = tc("TC_USER")
+    holder = hold_nodes()
+    try:
+        run = hpclab.start("up", "testcluster", "--no-browser")
+        run.wait_stderr("pending")
+        wait_for(lambda: user_jobs(user), 20, what="hpclab's job in the queue")
+        run.signal(signal.SIGINT)
+        time.sleep(0.05)
+        run.signal(signal.SIGINT)  # a second Ctrl-C while cleaning up
+        assert run.wait(90) == 130
+        assert user_jobs(user) == []
+        assert session_dirs(user) == []
+    finally:
+        tcx("login", ["scancel", holder], check=False)
+
+
+def test_pending_shows_reason_and_max_wait_cancels(hpclab: Hpclab) -> None:
+    user = tc("TC_USER")
+    holder = hold_nodes()
+    try:
+        proc = hpclab("up", "testcluster", "--no-browser", "--max-wait", "4s")
+        assert proc.returncode == 6, proc.stderr
+        assert "pending (Resources" in proc.stderr or "pending (Priority" in proc.stderr, proc.stderr
+        assert "did not start within 4 s" in proc.stderr
+        assert user_jobs(user) == []
+    finally:
+        tcx("login", ["scancel", holder], check=False)
+
+
+def test_failing_setup_line_is_reported_and_leaves_nothing(hpclab: Hpclab) -> None:
+    user = tc("TC_USER")
+    hpclab.write_config(profile_text(setup=["source /opt/hpclab-jupyter/bin/activate",
+                                                   "no-such-module-command --load python"]))
+    started = time.monotonic()
+    proc = hpclab("up", "testcluster", "--no-browser")
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 5, proc.stderr
+    assert "ended before Jupyter was ready" in proc.stderr
+    assert "no-such-module-command" in proc.stderr  # the job's own error output is shown
+    assert elapsed < 30
+    assert user_jobs(user) == []
+    assert session_dirs(user) == []
+
+
+def test_jupyter_missing_is_reported(hpclab: Hpclab) -> None:
+    hpclab.write_config(profile_text(setup=[]))
+    proc = hpclab("up", "testcluster", "--no-browser")
+    assert proc.returncode == 5, proc.stderr
+    assert "'jupyter' is not on PATH" in proc.stderr
+    assert user_jobs(tc("TC_USER")) == []
+
+
+def test_unknown_partition_is_a_scheduler_error(hpclab: Hpclab) -> None:
+    proc = hpclab("up", "testcluster", "--no-browser", "--partition", "nosuchpartition")
+    assert proc.returncode == 4, proc.stderr
+    assert "SLURM refused the job" in proc.stderr
+    assert "invalid partition" in proc.stderr.lower()
+    assert session_dirs(tc("TC_USER")) == []
+
+
+def test_unreachable_login_node_is_a_connect_error(hpclab: Hpclab) -> None:
+    hpclab.write_config(profile_text(
+        ssh_options=["-F", tc("TC_SSH_CONFIG"), "-o", "HostName=10.200.0.99", "-o", "ConnectTimeout=5"]))
+    proc = hpclab("up", "testcluster", "--no-browser")
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot reach tc-login" in proc.stderr
+
+
+def test_refused_key_is_a_connect_error(hpclab: Hpclab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    key = tmp_path / "stranger"
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    hpclab.write_config(profile_text(
+        ssh_options=["-F", tc("TC_SSH_CONFIG"), "-o", f"IdentityFile={key}", "-o", "IdentitiesOnly=yes",
+                     "-o", "IdentityAgent=none"]))
+    # the config file's IdentityFile comes first; point -F at a copy without it
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text("\n".join(ln for ln in open(tc("TC_SSH_CONFIG")).read().splitlines()
+                             if "IdentityFile" not in ln) + "\n")
+    hpclab.write_config(profile_text(
+        ssh_options=["-F", str(cfg), "-o", f"IdentityFile={key}"]))
+    proc = hpclab("up", "testcluster", "--no-browser")
+    assert proc.returncode == 3, proc.stderr
+    assert "refused the login" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"wallclock": "1h"}, "unknown key 'wallclock' in [profiles.testcluster]"),
+        ({"host": None}, "missing key 'host' in [profiles.testcluster]"),
+        ({"time": "forever"}, "bad value 'forever' for 'time' in [profiles.testcluster]"),
+    ],
+)
+def test_bad_profiles_are_refused_before_any_connection(hpclab: Hpclab, table: dict, message: str) -> None:
+    text = profile_text(**{k: v for k, v in table.items() if v is not None})
+    if table.get("host", "") is None:
+        text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("host ="))
+    path = hpclab.write_config(text)
+    before = accepted("login", tc("TC_USER"))
+    proc = hpclab("up", "testcluster", "--no-browser")
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert str(path) in proc.stderr
+    assert accepted("login", tc("TC_USER")) == before
+    assert not (hpclab.home / "state" / "ctl").exists()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "socket"])
+def test_one_login_node_authentication_per_up(hpclab: Hpclab, transport: str) -> None:
+    user = tc("TC_USER")
+    before = {h: accepted(h, user) for h in ("login", "node1", "node2")}
+    info = hpclab.json("up", "testcluster", "--transport", transport, "--detach", "--no-browser")
+    after = {h: accepted(h, user) for h in ("login", "node1", "node2")}
+    assert after["login"] - before["login"] == 1
+    node_auths = sum(after[n] - before[n] for n in NODES)
+    # socket transport reaches Jupyter's socket through one connection to the node itself
+    assert node_auths == (1 if transport == "socket" else 0)
+    assert info["state"] == "running"
