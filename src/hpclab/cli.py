@@ -166,9 +166,8 @@ def _cmd_up(args: argparse.Namespace, console: Console) -> int:
                     console.info(f"session {rec.id} (job {rec.job_id}) keeps running; stop it with: hpclab stop {rec.id}")
                 return ExitCode.OK
             console.info(f"press Ctrl-C to stop the session; job {rec.job_id} will be cancelled")
-            watch = session.Watch(rec, launch.cluster, store, report=console.status,
-                                  warnings=profile.walltime_warnings)
-            watch.run()
+            session.Watch(rec, launch.cluster, store, report=console.status,
+                          warnings=profile.walltime_warnings).run()
     except (KeyboardInterrupt, Interrupted, HpclabError, Exception) as exc:
         with shielded(console):
             if isinstance(exc, (KeyboardInterrupt, Interrupted)):
@@ -189,6 +188,125 @@ def _cmd_up(args: argparse.Namespace, console: Console) -> int:
 def _close_master_if_unused(cluster: session.Cluster, store: Store) -> None:
     if not any(r.host == cluster.login.host for r in store.all()):
         cluster.login.close()
+
+
+# -- attach -----------------------------------------------------------------------------------
+
+
+def _add_attach(sub: Any) -> None:
+    p = sub.add_parser("attach", help="reconnect to a running session (also from another computer)")
+    p.add_argument("id", nargs="?", help="session id; optional with --profile when only one runs")
+    p.add_argument("--profile", help="find the session on this profile's cluster (no local record needed)")
+    p.add_argument("--no-browser", action="store_true")
+    p.add_argument("--detach", action="store_true", help="return once the lab answers; keep the tunnel")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_attach)
+
+
+def _cmd_attach(args: argparse.Namespace, console: Console) -> int:
+    paths = _paths()
+    store = Store(paths)
+    rec = None
+    if args.id:
+        rec = store.load(args.id)
+        if rec is None and not args.profile:
+            rec = _find(store, args.id)
+    if rec is None:
+        if not args.profile:
+            raise ConfigError("say which session to attach to", hint="hpclab attach ID, or hpclab attach --profile P")
+        rec = _discover(args, paths, store, console)
+    mask(rec.token)
+    cluster = session.Cluster.for_record(rec, paths)
+    walltime = profiles.Profile(name=rec.profile, host=rec.host).walltime_warnings
+    with interruptible():
+        try:
+            rec = session.reattach(rec, cluster, store, report=console.status)
+            rec.detached = True
+            store.save(rec)
+            if args.json:
+                console.json(_summary(rec))
+            else:
+                console.result(f"JupyterLab is ready: {rec.url}")
+            if not args.no_browser and rec.url:
+                _open_browser(console, rec.url)
+            if args.detach:
+                return ExitCode.OK
+            console.info(f"press Ctrl-C to close the tunnel; the session keeps running (hpclab stop {rec.id} ends it)")
+            session.Watch(rec, cluster, store, report=console.status, warnings=walltime).run()
+        except (KeyboardInterrupt, Interrupted):
+            with shielded(console):
+                session.tunnel_for(cluster, rec).close()
+                cluster.close()
+            console.info(f"tunnel closed; session {rec.id} keeps running")
+            return ExitCode.OK
+        except HpclabError:
+            raise
+    return ExitCode.OK
+
+
+def _discover(args: argparse.Namespace, paths: Paths, store: Store, console: Console) -> SessionRecord:
+    profile = profiles.resolve(args.profile, paths.config_file)
+    cluster = session.Cluster(profile.host, profile.ssh_options, profile.scheduler, paths)
+    console.status("discover", f"looking for your sessions on {profile.host}")
+    found = [r for r in cluster.discover() if r.alive and r.rendezvous]
+    if args.id:
+        found = [r for r in found if r.id == args.id or r.job_id == args.id]
+    if not found:
+        raise NotFoundError(f"no running hpclab session of yours on {profile.host}",
+                            hint=f"start one with `hpclab up {profile.name}`")
+    if len(found) > 1:
+        listing = "\n".join(f"{r.id}  job {r.job_id} on {(r.rendezvous or {}).get('node')}" for r in found)
+        raise ConfigError(f"{len(found)} sessions run on {profile.host}; say which one",
+                          hint=f"hpclab attach --profile {profile.name} ID, with ID one of:\n{listing}")
+    chosen = found[0]
+    token = cluster.read_token(chosen.id)
+    rec = session.record_from_remote(chosen, profile, token)
+    store.save(rec)
+    return rec
+
+
+# -- cleanup ----------------------------------------------------------------------------------
+
+
+def _add_cleanup(sub: Any) -> None:
+    p = sub.add_parser("cleanup", help="find hpclab jobs no session record covers and cancel them")
+    p.add_argument("--profile", help="the cluster to look at (default: every profile's)")
+    p.add_argument("--yes", action="store_true", help="cancel without asking")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cleanup)
+
+
+def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
+    paths = _paths()
+    store = Store(paths)
+    names = [args.profile] if args.profile else sorted(profiles.load_profiles(paths.config_file))
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    report = []
+    for name in names:
+        profile = profiles.resolve(name, paths.config_file)
+        key = (profile.host, profile.ssh_options)
+        if key in seen or profile.scheduler == "auto":
+            continue
+        seen.add(key)
+        cluster = session.Cluster(profile.host, profile.ssh_options, profile.scheduler, paths)
+        console.status("cleanup", f"looking for stray hpclab jobs on {profile.host}")
+        for orphan in session.orphans(cluster, store):
+            entry = {"profile": name, "id": orphan.id, "job_id": orphan.job_id, "cancelled": False}
+            question = f"cancel job {orphan.job_id} (hpclab session {orphan.id}) on {profile.host}? [y/N] "
+            if args.yes or (sys.stdin.isatty() and input(question).strip().lower() in ("y", "yes")):
+                session.cancel_orphan(cluster, orphan)
+                entry["cancelled"] = True
+                if not args.json:
+                    console.info(f"cancelled job {orphan.job_id} (session {orphan.id})")
+            elif not args.json:
+                console.info(f"left job {orphan.job_id} (session {orphan.id}); `hpclab cleanup --yes` cancels it")
+            report.append(entry)
+        _close_master_if_unused(cluster, store)
+    if args.json:
+        console.json(report)
+    elif not report:
+        console.info("no stray hpclab jobs")
+    return ExitCode.OK
 
 
 # -- stop -------------------------------------------------------------------------------------
@@ -338,7 +456,9 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
 
 # -- main -------------------------------------------------------------------------------------
 
-COMMANDS: Sequence[Callable[[Any], None]] = (_add_up, _add_list, _add_stop, _add_url, _add_logs)
+COMMANDS: Sequence[Callable[[Any], None]] = (
+    _add_up, _add_attach, _add_list, _add_stop, _add_url, _add_logs, _add_cleanup,
+)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ SUBMIT = (
     'umask 077 && mkdir -p "$HOME/.hpclab/sessions" && chmod 700 "$HOME/.hpclab" "$HOME/.hpclab/sessions" '
     '&& d="$HOME/.hpclab/sessions/$1" && mkdir "$d" && IFS= read -r t && printf %s "$t" > "$d/token" '
     '&& t= && cat > "$d/job.sh" && : > "$d/job.out" && : > "$d/job.err" && cd "$HOME" '
-    '&& { SUBMIT || { rc=$?; rm -rf "$d"; exit $rc; }; }'
+    '&& { SUBMIT > "$d/submitted" || { rc=$?; cat "$d/submitted"; rm -rf "$d"; exit $rc; }; } && cat "$d/submitted"'
 )
 # $1 session dir (relative to $HOME), $2 tenths of a second to wait at most, $3 1 to
 # return as soon as the job has started; the rest is the scheduler's status argv (maybe none).
@@ -53,6 +54,13 @@ POLL = (
 WRITE_FILE = 'umask 077 && printf %s "$2" > "$HOME/$1.tmp" && mv -f "$HOME/$1.tmp" "$HOME/$1"'
 REMOVE_DIR = 'rm -rf "$HOME/$1"'
 TAIL = 'tail -n "$2" "$HOME/$1" 2>/dev/null; :'
+# Every session directory of the user: its id, what the submit command printed, its rendezvous.
+DISCOVER = (
+    'for d in "$HOME"/.hpclab/sessions/*/; do [ -f "$d/submitted" ] || continue; '
+    'printf "@@session %s\\n" "$(basename "$d")"; cat "$d/submitted"; printf "@@rendezvous\\n"; '
+    'cat "$d/rendezvous.json" 2>/dev/null; done; :'
+)
+READ_TOKEN = 'cat "$HOME/.hpclab/sessions/$1/token"'
 
 Report = Callable[[str, str], None]  # (phase, detail)
 
@@ -144,26 +152,7 @@ class Cluster:
             POLL, jobscript.session_dir(session_id), str(int(wait * 10)), "1" if until_started else "0",
             *status, check=False, what="poll", timeout=wait + 60,
         )
-        sections: dict[str, str] = {}
-        current = None
-        for line in out.stdout.splitlines(keepends=True):
-            if line.startswith("@@"):
-                current = line[2:].strip()
-                sections[current] = ""
-            elif current:
-                sections[current] += line
-        job = None
-        if job_id and "status" in sections:
-            if out.returncode == 0:
-                job = self.scheduler.parse_status(sections["status"], [job_id])[job_id]
-            else:
-                job = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
-        return Snapshot(
-            started=sections.get("started", "").strip() or None,
-            rendezvous=_json(sections.get("rendezvous.json")),
-            ended=_json(sections.get("ended.json")),
-            job=job,
-        )
+        return parse_snapshot(self.scheduler, out.stdout, out.returncode, job_id)
 
     def tail(self, session_id: str, name: str, lines: int = 20) -> str:
         path = f"{jobscript.session_dir(session_id)}/{name}"
@@ -175,6 +164,63 @@ class Cluster:
     def close(self) -> None:
         for node in self._nodes.values():
             node.close()
+
+    def discover(self) -> list[RemoteSession]:
+        """The user's hpclab session directories on the cluster, with their job's live state."""
+        out = self.login.shell(DISCOVER, what="list session directories").stdout
+        found: list[RemoteSession] = []
+        for chunk in out.split("@@session ")[1:]:
+            head, _, rest = chunk.partition("\n")
+            submitted, _, rdv = rest.partition("@@rendezvous\n")
+            try:
+                job_id = self.scheduler.parse_submit(submitted)
+            except SchedulerError:
+                continue
+            found.append(RemoteSession(head.strip(), job_id, _json(rdv)))
+        if found:
+            infos = self.status([r.job_id for r in found])
+            for r in found:
+                r.job = infos.get(r.job_id)
+        return found
+
+    def read_token(self, session_id: str) -> str:
+        return self.login.shell(READ_TOKEN, session_id, what="read the session token").stdout
+
+
+@dataclass
+class RemoteSession:
+    id: str
+    job_id: str
+    rendezvous: dict[str, Any] | None
+    job: JobInfo | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.job is None or not self.job.state.ended
+
+
+def parse_snapshot(scheduler: Scheduler, stdout: str, returncode: int, job_id: str | None) -> Snapshot:
+    """Split the POLL script's output into its @@-headed sections."""
+    sections: dict[str, str] = {}
+    current = None
+    for line in stdout.splitlines(keepends=True):
+        if line.startswith("@@"):
+            current = line[2:].strip()
+            sections[current] = ""
+        elif current:
+            sections[current] += line
+    job = None
+    if job_id and "status" in sections:
+        if returncode == 0:
+            job = scheduler.parse_status(sections["status"], [job_id])[job_id]
+        else:
+            job = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
+    return Snapshot(
+        started=sections.get("started", "").strip() or None,
+        rendezvous=_json(sections.get("rendezvous.json")),
+        ended=_json(sections.get("ended.json")),
+        job=job,
+    )
 
 
 def _json(text: str | None) -> dict[str, Any] | None:
@@ -188,15 +234,9 @@ def _json(text: str | None) -> dict[str, Any] | None:
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("."):
-        digits = "".join(c for c in piece if c.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-        if not piece.isdigit():
-            break
-    return tuple(parts)
+    """Leading numeric release parts: '2.17.0rc1' -> (2, 17, 0)."""
+    m = re.match(r"^\d+(?:\.\d+)*", text.strip())
+    return tuple(int(p) for p in m.group(0).split(".")) if m else ()
 
 
 def new_record(profile: Profile, transport: str) -> tuple[SessionRecord, str]:
@@ -492,21 +532,39 @@ class Watch:
         if info.state.ended:
             raise self.ended(info)
 
-    def ended(self, info: JobInfo) -> JobEndedError:
+    def ended(self, info: JobInfo, ended: dict[str, Any] | None = None) -> JobEndedError:
+        """The error that says why the job ended, from its end marker and the scheduler."""
+        if ended is None:
+            ended = self.cluster.poll(self.rec.id, 0, False, None).ended
+        ended = ended or {}
         info = self.cluster.final_state(info)
-        ended = self.cluster.poll(self.rec.id, 0, False, None).ended or {}
         if info.state is JobState.TIMEOUT or ended.get("reason") == "timelimit":
             return TimeLimitError(f"time limit reached: job {info.job_id} has ended",
                                   hint="start a new session with a longer --time")
-        return JobEndedError(f"job {info.job_id} has ended: {info.state.reason}",
+        if ended.get("reason") == "cancelled" and not info.state.ended:
+            info = JobInfo(info.job_id, JobState.CANCELLED, raw_state="CANCELLED")
+        why = info.state.reason if info.state.ended else "the lab stopped"
+        if info.state in (JobState.ENDED, JobState.UNKNOWN, JobState.RUNNING) and ended.get("reason") == "exited":
+            why = "Jupyter exited (idle shutdown, or shut down from the lab's menu)"
+        return JobEndedError(f"job {info.job_id} has ended: {why}",
                              hint=f"the scheduler reports {info.raw_state or info.state.value}")
 
     def _repair(self) -> None:
         """The lab does not answer through the tunnel: tell a dead job from a dead tunnel."""
         rec = self.rec
         started = self.clock()
-        self.report("reconnect", "the tunnel is down; reconnecting")
-        self.cluster.login.connect()  # no-op if the master is alive
+        alive = self.cluster.login.alive()
+        if alive:
+            # One round trip says whether the job has ended (its end marker, or the scheduler).
+            snap = self.cluster.poll(rec.id, 0, False, rec.job_id)
+            if snap.ended or (snap.job and snap.job.state.ended):
+                raise self.ended(snap.job or JobInfo(rec.job_id or "", JobState.ENDED), snap.ended)
+            if probe(rec.local_port or 0, rec.token) == 200:
+                return  # a blip
+        self.report("reconnect", "the tunnel is down; reconnecting" if alive else
+                    "the connection to the login node is gone; reconnecting")
+        if not _try(self.cluster.login.connect):
+            return
         self._check_job()
         tunnel = tunnel_for(self.cluster, rec)
         tunnel.close()
@@ -525,3 +583,76 @@ def _try(fn: Callable[[], None]) -> bool:
         log.debug("retry later: %s", exc)
         return False
     return True
+
+
+# -- attach and cleanup -------------------------------------------------------------------
+
+
+def record_from_remote(found: RemoteSession, profile: Profile, token: str) -> SessionRecord:
+    """A local record for a session found on the cluster (attach from a second computer)."""
+    rdv = found.rendezvous or {}
+    rec = SessionRecord(
+        id=found.id, profile=profile.name, host=profile.host, ssh_options=list(profile.ssh_options),
+        scheduler=profile.scheduler, job_id=found.job_id, state="running", token=token, created=time.time(),
+        transport=str(rdv.get("transport") or "tcp"), node=rdv.get("node"), user=rdv.get("user"),
+        jupyter_server=rdv.get("jupyter_server"),
+    )
+    if rec.transport == "socket":
+        rec.socket = rdv.get("socket")
+    else:
+        rec.address, rec.port = rdv.get("address"), int(rdv.get("port") or 0)
+    return rec
+
+
+def reattach(rec: SessionRecord, cluster: Cluster, store: Store, *, report: Report = _quiet) -> SessionRecord:
+    """Bring the tunnel of a running session back, on the same local port when it is free,
+    and probe the lab through it. Raises JobEndedError (and forgets the session) if the job ended."""
+    assert rec.job_id
+    report("connect", f"connecting to {rec.host}")
+    cluster.login.connect()
+    info = cluster.status([rec.job_id])[rec.job_id]
+    if info.state.ended:
+        cluster.remove_session_dir(rec.id)
+        store.delete(rec.id)
+        raise JobEndedError(f"session {rec.id} has ended: {cluster.final_state(info).state.reason}",
+                            hint="start a new one with `hpclab up PROFILE`")
+    if not (rec.port or rec.socket):
+        raise JobFailedError(f"session {rec.id} has no running Jupyter yet",
+                             hint=f"wait a moment, or look at `hpclab logs {rec.id}`")
+    if rec.local_port and probe(rec.local_port, rec.token) == 200:
+        report("tunnel", f"tunnel already up on 127.0.0.1:{rec.local_port}")
+        return rec
+    if rec.local_port:
+        tunnel_for(cluster, rec).close()
+    rec.local_port = free_local_port(rec.local_port)
+    tunnel = tunnel_for(cluster, rec)
+    tunnel.open()
+    if not wait_ready(rec.local_port, rec.token, timeout=30):
+        raise JobFailedError(f"session {rec.id} does not answer through the tunnel",
+                             hint=f"look at `hpclab logs {rec.id}`, or stop it with `hpclab stop {rec.id}`")
+    rec.state = "running"
+    store.save(rec)
+    report("tunnel", f"tunnel up on 127.0.0.1:{rec.local_port}")
+    return rec
+
+
+def orphans(cluster: Cluster, store: Store) -> list[RemoteSession]:
+    """hpclab jobs of the user on this cluster that no local record covers: found through
+    the session directories and, where the scheduler can list jobs by name, through the
+    hpclab- job name tag."""
+    known = {r.job_id for r in store.all() if r.host == cluster.login.host}
+    found = [r for r in cluster.discover() if r.alive and r.job_id not in known]
+    tagged = getattr(cluster.scheduler, "tagged_argv", None)
+    if tagged is not None:
+        out = cluster.login.run(tagged(), check=False, what="list hpclab jobs").stdout
+        ids = {r.job_id for r in found}
+        for session_id, job_id in cluster.scheduler.parse_tagged(out):  # type: ignore[attr-defined]
+            if job_id not in known and job_id not in ids:
+                found.append(RemoteSession(session_id, job_id, None))
+    return found
+
+
+def cancel_orphan(cluster: Cluster, orphan: RemoteSession) -> JobInfo:
+    info = cluster.cancel(orphan.job_id)
+    cluster.remove_session_dir(orphan.id)
+    return info

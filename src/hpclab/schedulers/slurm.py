@@ -106,6 +106,19 @@ class Slurm(Scheduler):
             found[job_id] = JobInfo(job_id=job_id, state=JobState.ENDED)
         return found
 
+    def tagged_argv(self) -> list[str]:
+        """The user's pending and running jobs with their names, to find hpclab-<session> jobs."""
+        return ["squeue", "--me", "--noheader", "--format=%i|%j"]
+
+    def parse_tagged(self, stdout: str) -> list[tuple[str, str]]:
+        """(session id, job id) of every job named hpclab-<session>."""
+        found = []
+        for line in stdout.splitlines():
+            job_id, _, name = line.strip().partition("|")
+            if name.startswith("hpclab-") and job_id:
+                found.append((name.removeprefix("hpclab-"), job_id))
+        return found
+
     def final_argv(self, job_id: str) -> list[str] | None:
         return ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", job_id,
                 "--format=JobID,State,ExitCode,NodeList"]

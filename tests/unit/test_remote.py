@@ -1,0 +1,58 @@
+"""How hpclab calls ssh: safety options first, one quoting step, jump through the login master."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+from hpclab.remote import SAFE_OPTIONS, SshRemote, _classify
+
+
+def test_safety_options_come_before_the_users(tmp_path: Path) -> None:
+    r = SshRemote("login", ["-F", "cfg", "-o", "ForwardAgent=yes"], tmp_path)
+    argv = r.argv_for(["-T"])
+    assert argv[: 1 + len(SAFE_OPTIONS)] == ["ssh", *SAFE_OPTIONS]  # ssh keeps the first value it sees
+    assert "StrictHostKeyChecking=yes" in argv and "ForwardAgent=no" in argv
+    assert argv[-2:] == ["--", "login"]
+    assert f"ControlPath={r.control_path}" in argv
+
+
+def test_control_path_differs_per_destination_and_options(tmp_path: Path) -> None:
+    a = SshRemote("login", [], tmp_path)
+    b = SshRemote("login", ["-p", "2222"], tmp_path)
+    c = SshRemote("node1", [], tmp_path, via=a)
+    assert len({a.control_path, b.control_path, c.control_path}) == 3
+    assert all(len(Path(x.control_path).name) == 16 for x in (a, b, c))
+
+
+def test_node_connection_jumps_through_the_login_master(tmp_path: Path) -> None:
+    weird = tmp_path / "100% dir"
+    login = SshRemote("login", ["-F", "/path with space/config"], weird)
+    node = SshRemote("me@node1", ["-F", "/path with space/config"], weird, via=login)
+    argv = node.argv_for(["-T"])
+    proxy = next(a for a in argv if a.startswith("ProxyCommand="))[len("ProxyCommand="):]
+    # ssh expands %h:%p; every other % must reach the shell as a single %
+    assert "%h:%p" in proxy
+    expanded = proxy.replace("%%", "%")
+    inner = shlex.split(expanded)
+    assert inner[:1] == ["ssh"]
+    assert f"ControlPath={login.control_path}" in inner
+    assert inner[inner.index("-W") + 1] == "%h:%p"
+    assert inner[-2:] == ["--", "login"]
+    assert "/path with space/config" in inner
+
+
+def test_remote_command_is_quoted_once() -> None:
+    argv = ["sh", "-c", 'printf "%s|" "$@"', "hpclab", "a b", "it's", "$(id)", "x;y", "new\nline"]
+    out = subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True, text=True, check=True).stdout
+    assert out == "a b|it's|$(id)|x;y|new\nline|"
+
+
+def test_ssh_failures_are_told_apart() -> None:
+    changed = "@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.\n"
+    assert "has changed" in _classify("login", changed).message
+    assert "not known" in _classify("login", "Host key verification failed.\n").message
+    assert "refused the login" in _classify("login", "hpcuser@10.0.0.1: Permission denied (publickey).").message
+    assert "cannot reach" in _classify("login", "ssh: connect to host x port 22: No route to host").message
+    assert "cannot resolve" in _classify("nohost", "ssh: Could not resolve hostname nohost: Name").message
