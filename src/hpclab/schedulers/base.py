@@ -10,6 +10,7 @@ tests/unit). No method here runs anything; session.py sends the argv through a R
 from __future__ import annotations
 
 import enum
+import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -145,3 +146,65 @@ def bad_output(scheduler: str, what: str, text: str) -> SchedulerError:
         hint=f"it said: {text.strip()[:300] or '(nothing)'}",
         stdout=text,
     )
+
+
+# -- shared by the scheduler modules ------------------------------------------------------
+
+# Status queries run inside this one-line sh: the query's own exit status and stderr come
+# after its stdout, behind a marker, and the wrapper exits 0. qstat and bjobs exit non-zero
+# when one of several ids is unknown (the job has left the queue), yet print what they know of
+# the others: the parser, not the exit status, tells "gone" from "the query failed".
+GUARD_MARK = "@@hpclab-guard"
+_GUARD = '{ e=$("$@" 2>&1 >&3); r=$?; } 3>&1; printf "\\n%s %s\\n%s\\n" "' + GUARD_MARK + '" "$r" "$e"'
+
+
+def guarded(argv: Sequence[str]) -> list[str]:
+    """`argv` wrapped so that its exit status and stderr follow its stdout (see split_guarded)."""
+    return ["sh", "-c", _GUARD, "hpclab", *argv]
+
+
+@dataclass(frozen=True)
+class Guarded:
+    stdout: str
+    stderr: str
+    returncode: int | None  # None: the marker is missing, the wrapper did not finish
+
+
+def split_guarded(text: str) -> Guarded:
+    head, sep, tail = text.rpartition("\n" + GUARD_MARK + " ")
+    if not sep:
+        if text.startswith(GUARD_MARK + " "):
+            head, tail = "", text[len(GUARD_MARK) + 1:]
+        else:
+            return Guarded(text, "", None)
+    code, _, stderr = tail.partition("\n")
+    try:
+        rc: int | None = int(code.strip())
+    except ValueError:
+        rc = None
+    return Guarded(head, stderr.strip("\n"), rc)
+
+
+_MEM = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGT]?)B?$", re.IGNORECASE)
+_MEM_UNIT = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def mem_mb(mem: str) -> int:
+    """'4G', '500M', '16GB', '1.5G', '2048' (megabytes, as sbatch reads a bare number) in whole MiB."""
+    m = _MEM.match(mem.strip())
+    if not m:
+        raise ValueError(f"cannot read {mem!r} as an amount of memory")
+    value = float(m.group(1)) * _MEM_UNIT[m.group(2).upper()]
+    return max(1, int(-(-value // 1)))
+
+
+def gpu_request(gpus: str) -> tuple[str | None, int]:
+    """'2' -> (None, 2); 'a100:2' -> ('a100', 2)."""
+    kind, _, count = gpus.rpartition(":")
+    return (kind or None), int(count)
+
+
+def hms(seconds: int) -> str:
+    """Seconds as H:MM:SS with hours past 24 ("48:00:00"): the form qsub's walltime and h_rt take."""
+    s = max(0, int(seconds))
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -1,0 +1,90 @@
+"""No scheduler: Jupyter runs on `host` itself (a workstation, a node already allocated).
+
+The "job" is the job script started in the background in a session of its own (setsid),
+stdin from /dev/null and its output in the session's files, so that it outlives the SSH
+command that started it; its pid is the job id and its process group is what cancel
+signals. Nothing sends a signal before the time limit: the script keeps its own timer.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from typing import ClassVar
+
+from .base import JobInfo, JobSpec, JobState, Scheduler, bad_output, guarded, split_guarded
+
+# What `ps -o args=` shows for the script: it tells our process from a reused pid.
+SCRIPT_MARK = ".hpclab/sessions/"
+
+
+class NoScheduler(Scheduler):
+    name = "none"
+    title = "no scheduler"
+    directive = "#"
+    submit = ("setsid", "bash")
+    cancel = ("kill", "-TERM", "--")
+    job_id_var = "$$"
+    probe = ()
+    signals_before_end = False
+    states: ClassVar[Mapping[str, JobState]] = {
+        "R": JobState.RUNNING,
+        "S": JobState.RUNNING,
+        "D": JobState.RUNNING,
+        "T": JobState.RUNNING,  # stopped, still there
+        "t": JobState.RUNNING,
+        "I": JobState.RUNNING,
+        "Z": JobState.ENDED,  # exited, not yet reaped
+        "X": JobState.ENDED,
+    }
+
+    def resource_directives(self, spec: JobSpec) -> list[str]:
+        return []
+
+    def directives(self, spec: JobSpec) -> list[str]:
+        """No directives: the script itself sends its output to the spec's files (paths
+        relative to $HOME), which a scheduler would otherwise open for it."""
+        return [f'exec </dev/null >>"$HOME"/{shlex.quote(spec.output)} 2>>"$HOME"/{shlex.quote(spec.error)}']
+
+    def submit_shell(self, script: str) -> str:
+        # In the background, in a new session, every descriptor away from the SSH channel:
+        # the command returns at once and the job outlives the connection. $! is the pid of
+        # setsid, which execs bash: not a group leader, so setsid does not fork.
+        return f"{shlex.join(self.submit)} {script} </dev/null >/dev/null 2>&1 & echo $!"
+
+    def cancel_argv(self, job_id: str) -> list[str]:
+        return [*self.cancel, f"-{job_id}"]  # the whole process group: bash, jupyter, kernels
+
+    def parse_submit(self, stdout: str) -> str:
+        lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
+        if not lines or not lines[-1].isdigit():
+            raise bad_output("the job start", "process id", stdout)
+        return lines[-1]
+
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        # ps exits 1 when none of the pids exists: the guard keeps that apart from a failure.
+        return guarded(["ps", "-o", "pid=,stat=,args=", "-p", ",".join(job_ids) or "0"])
+
+    def parse_status(self, stdout: str, job_ids: Iterable[str]) -> dict[str, JobInfo]:
+        wanted = list(job_ids)
+        out = split_guarded(stdout)
+        # ps: 0 = some found, 1 = none found; anything else (or no guard) = ask again
+        ok = out.returncode in (0, 1) and not out.stderr.strip()
+        seen: dict[str, str] = {}
+        for line in out.stdout.splitlines():
+            parts = line.split(None, 2)
+            if len(parts) == 3 and SCRIPT_MARK in parts[2]:
+                seen[parts[0]] = parts[1]
+        found: dict[str, JobInfo] = {}
+        for job_id in wanted:
+            if job_id in seen:
+                raw = seen[job_id]
+                found[job_id] = JobInfo(job_id=job_id, state=self.state(raw[:1]), raw_state=raw)
+            elif ok:
+                found[job_id] = JobInfo(job_id=job_id, state=JobState.ENDED)
+            else:
+                found[job_id] = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
+        return found
+
+    def state(self, raw: str) -> JobState:
+        return self.states.get(raw.strip()[:1], JobState.UNKNOWN)
