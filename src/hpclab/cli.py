@@ -156,7 +156,11 @@ def _cmd_up(args: argparse.Namespace, console: Console) -> int:
             rec.detached = args.detach
             store.save(rec)
             if args.json:
-                console.json(_summary(rec) | {"timings": launch.timings.phases})
+                console.json(_summary(rec) | {
+                    "timings": {k: round(v, 3) for k, v in launch.timings.phases.items()},
+                    "stats": {"ssh_connects": launch.counters.connects, "ssh_commands": launch.counters.commands,
+                              "scheduler_queries": launch.timings.scheduler_queries},
+                })
             else:
                 console.result(f"JupyterLab is ready: {rec.url}")
             if not args.no_browser and rec.url:
