@@ -167,7 +167,8 @@ def _cmd_up(args: argparse.Namespace, console: Console) -> int:
                 _open_browser(console, rec.url)
             if args.detach:
                 if not args.json:
-                    console.info(f"session {rec.id} (job {rec.job_id}) keeps running; stop it with: hpclab stop {rec.id}")
+                    console.info(f"session {rec.id} (job {rec.job_id}) keeps running; "
+                                 f"stop it with: hpclab stop {rec.id}")
                 return ExitCode.OK
             console.info(f"press Ctrl-C to stop the session; job {rec.job_id} will be cancelled")
             session.Watch(rec, launch.cluster, store, report=console.status,
@@ -436,7 +437,10 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
     paths = _paths()
     rec = _find(Store(paths), args.id)
     cluster = session.Cluster.for_record(rec, paths)
-    masked = lambda text: text.replace(rec.token, "********")  # noqa: E731
+
+    def masked(text: str) -> str:
+        return text.replace(rec.token, "********")
+
     for name in ("job.out", "job.err"):
         text = cluster.tail(rec.id, name, args.lines)
         if text.strip():

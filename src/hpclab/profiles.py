@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from .timefmt import parse_duration, parse_walltime
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 TRANSPORTS = ("auto", "socket", "tcp")
 
@@ -139,7 +139,7 @@ def apply(profile: Profile, flags: Mapping[str, Any], *, where: str) -> Profile:
 # ssh flags and -o settings that would weaken what hpclab promises, or fight its own use of ssh.
 _UNSAFE_FLAGS = {"-A", "-X", "-Y", "-g", "-M", "-S", "-f", "-N", "-O", "-W", "-L", "-R", "-D", "-J"}
 _VALUE_FLAGS = set("BbcDEeFIiJLlmOoPpQRSWw")  # ssh flags that take a value
-_UNSAFE_SETTINGS = {
+_UNSAFE_SETTINGS: dict[str, Callable[[str], bool]] = {
     "forwardagent": lambda v: v not in ("no", "false"),
     "forwardx11": lambda v: v not in ("no", "false"),
     "forwardx11trusted": lambda v: v not in ("no", "false"),
@@ -204,7 +204,8 @@ def _one_line_list(key: str, value: Any, where: str) -> tuple[str, ...]:
 def _check(key: str, value: Any, where: str) -> Any:
     if key == "host":
         if not isinstance(value, str) or not _HOST.match(value):
-            raise _fail(key, value, where, "an SSH destination such as 'login.example.org' or 'me@login' (no spaces, not starting with '-')")
+            raise _fail(key, value, where, "an SSH destination such as 'login.example.org' or 'me@login' "
+                        "(no spaces, not starting with '-')")
         return value
     if key == "ssh_options":
         opts = _str_list(key, value, where)
@@ -220,7 +221,8 @@ def _check(key: str, value: Any, where: str) -> Any:
         return value
     if key in ("partition", "account"):
         if not isinstance(value, str) or not _WORD.match(value):
-            raise _fail(key, value, where, "a plain name (letters, digits, '_', '.', '-'); no spaces or shell characters")
+            raise _fail(key, value, where,
+                        "a plain name (letters, digits, '_', '.', '-'); no spaces or shell characters")
         return value
     if key == "time":
         try:

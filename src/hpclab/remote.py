@@ -82,7 +82,8 @@ def _classify(host: str, stderr: str) -> ConnectError:
     if "permission denied" in low or "too many authentication failures" in low:
         return ConnectError(
             f"{host} refused the login",
-            hint="check that `ssh HOST true` works (key, agent, user name) " + (f"\nssh said: {text[-300:]}" if text else ""),
+            hint=f"check that `ssh {host} true` works (key, agent, user name)"
+            + (f"\nssh said: {text[-300:]}" if text else ""),
         )
     if "could not resolve hostname" in low:
         return ConnectError(f"cannot resolve the host name {host}", hint="check `host` in the profile or ~/.ssh/config")
@@ -114,9 +115,9 @@ class SshRemote:
         self.ssh_options = tuple(ssh_options)
         self.control_dir = control_dir
         self.via = via
-        self.counters = counters or (via.counters if via else Counters())
+        self.counters: Counters = counters or (via.counters if via else Counters())
         key = "\0".join((host, *self.ssh_options, via.control_path if via else ""))
-        self.control_path = str(control_dir / hashlib.sha256(key.encode()).hexdigest()[:16])
+        self.control_path: str = str(control_dir / hashlib.sha256(key.encode()).hexdigest()[:16])
 
     # -- argv building -----------------------------------------------------------------
 

@@ -101,5 +101,5 @@ class Console:
         lines = [headers, *rows]
         self._end_line()
         for row in lines:
-            self.out.write("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
+            self.out.write("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
         self.out.flush()

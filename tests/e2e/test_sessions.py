@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 from lab import Hpclab, hpclab, profile_text, tc, tcx, user_jobs, wait_for
 
@@ -31,7 +32,7 @@ def masters(home: str) -> list[int]:
     pids = []
     for pid in out.split():
         try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
         except OSError:
             continue
         if home in cmd or "/tmp/hpclab-" in cmd:
@@ -59,7 +60,7 @@ def test_two_detached_sessions_list_and_stop(hpclab: Hpclab) -> None:
 
 def test_killed_master_is_replaced_on_the_same_port(hpclab: Hpclab) -> None:
     run = hpclab.start("up", "testcluster", "--no-browser", "--transport", "socket")
-    url, port, token = run.wait_url()
+    _, port, token = run.wait_url()
     jobs = user_jobs(tc("TC_USER"))
     assert len(jobs) == 1
     pids = masters(str(hpclab.home))

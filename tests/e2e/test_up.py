@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
-from lab import Hpclab, hpclab, run_cell, tc, tcx, profile_text, user_jobs, wait_for
+from lab import Hpclab, hpclab, profile_text, run_cell, tc, tcx, user_jobs, wait_for
 
 __all__ = ["hpclab"]
 
@@ -148,7 +149,7 @@ def test_refused_key_is_a_connect_error(hpclab: Hpclab, tmp_path) -> None:  # ty
                      "-o", "IdentityAgent=none"]))
     # the config file's IdentityFile comes first; point -F at a copy without it
     cfg = tmp_path / "ssh_config"
-    cfg.write_text("\n".join(ln for ln in open(tc("TC_SSH_CONFIG")).read().splitlines()
+    cfg.write_text("\n".join(ln for ln in Path(tc("TC_SSH_CONFIG")).read_text().splitlines()
                              if "IdentityFile" not in ln) + "\n")
     hpclab.write_config(profile_text(
         ssh_options=["-F", str(cfg), "-o", f"IdentityFile={key}"]))
