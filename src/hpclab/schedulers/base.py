@@ -104,11 +104,12 @@ class Scheduler:
         """Directive lines, extra_directives appended, skip_directives dropped (a skip entry
         drops every generated line that starts with it, with or without the prefix)."""
         lines = [f"{self.directive} {d}" for d in self.resource_directives(spec)]
-        lines += [
+        skips = [s if s.startswith(self.directive) else f"{self.directive} {s}" for s in spec.skip_directives]
+        # the skips apply to generated lines only: a site replaces "-pe smp 8" with "-pe threads 8"
+        lines = [ln for ln in lines if not any(ln.startswith(s) for s in skips)]
+        return lines + [
             d if d.startswith(self.directive) else f"{self.directive} {d}" for d in spec.extra_directives
         ]
-        skips = [s if s.startswith(self.directive) else f"{self.directive} {s}" for s in spec.skip_directives]
-        return [ln for ln in lines if not any(ln.startswith(s) for s in skips)]
 
     def submit_shell(self, script: str) -> str:
         """Shell text (run in $HOME) that submits the job script stored at `script`."""

@@ -63,7 +63,8 @@ class NoScheduler(Scheduler):
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         # ps exits 1 when none of the pids exists: the guard keeps that apart from a failure.
-        return guarded(["ps", "-o", "pid=,stat=,args=", "-p", ",".join(job_ids) or "0"])
+        # -ww: the whole command line, however long the path (ps cuts it to 80 columns otherwise)
+        return guarded(["ps", "-ww", "-o", "pid=,stat=,args=", "-p", ",".join(job_ids) or "0"])
 
     def parse_status(self, stdout: str, job_ids: Iterable[str]) -> dict[str, JobInfo]:
         wanted = list(job_ids)

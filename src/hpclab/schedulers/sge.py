@@ -106,12 +106,12 @@ class Sge(Scheduler):
                 jobs = None
         found: dict[str, JobInfo] = {}
         for job_id in wanted:
-            if jobs is None:
-                found[job_id] = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
-            elif job_id in jobs:
+            if jobs is not None and job_id in jobs:
                 found[job_id] = self._info(job_id, jobs[job_id])
-            else:
+            elif jobs is not None and out.returncode == 0:
                 found[job_id] = JobInfo(job_id=job_id, state=JobState.ENDED)
+            else:  # the query failed, or the text did not come through the guard: ask again
+                found[job_id] = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
         return found
 
     def _info(self, job_id: str, job: ET.Element) -> JobInfo:
@@ -129,7 +129,7 @@ class Sge(Scheduler):
         raw = raw.strip()
         if raw in self.states:
             return self.states[raw]
-        if not raw:
+        if not raw or set(raw) - set("qwhrtRsSTEdz"):
             return JobState.UNKNOWN
         if "E" in raw:
             return JobState.FAILED
