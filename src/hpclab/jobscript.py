@@ -33,11 +33,14 @@ class JobOptions:
 
 
 def shell_path(path: str) -> str:
-    """Quote a cluster path for the job's shell, keeping a leading ~ meaning $HOME."""
+    """Quote a cluster path for the job's shell, keeping a leading ~ meaning $HOME. A relative
+    path that starts with '-' gets './' in front, so that `cd` cannot read it as an option."""
     if path == "~":
         return '"$HOME"'
     if path.startswith("~/"):
         return '"$HOME"/' + shlex.quote(path[2:])
+    if path.startswith("-"):
+        path = "./" + path
     return shlex.quote(path)
 
 
