@@ -124,9 +124,11 @@ class SshRemote:
     def _base(self) -> list[str]:
         argv = ["ssh", *SAFE_OPTIONS, *self.ssh_options, "-o", f"ControlPath={self.control_path}"]
         if self.via is not None:
-            # %h:%p are expanded by ssh; our own % must be escaped for it.
-            inner = self.via.argv_for(["-W", "%h:%p"])
-            argv += ["-o", "ProxyCommand=" + shlex.join(inner).replace("%", "%%").replace("%%h:%%p", "%h:%p")]
+            # ssh expands %h:%p in the -W argument; every other % (a user's own "%h" included)
+            # must reach the inner ssh unchanged, so it is escaped as %%.
+            words = [shlex.quote(a).replace("%", "%%") for a in self.via.argv_for(["-W", "HOST:PORT"])]
+            words[-3] = "%h:%p"  # argv_for ends with: -W HOST:PORT -- host
+            argv += ["-o", "ProxyCommand=" + " ".join(words)]
         return argv
 
     def argv_for(self, extra: Sequence[str]) -> list[str]:
