@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from .errors import ConfigError
 
 # sun_path holds 108 bytes on Linux and 104 on macOS; leave room for ssh's temporary suffix.
 _MAX_SOCKET_DIR = 70
+# Characters ssh takes literally in a ControlPath (no spaces, quotes, backslash, % or $).
+_PLAIN_PATH = re.compile(r"[\w./+,:@=-]+")
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,9 @@ class Paths:
         if env.get("HPCLAB_CONFIG"):
             config = Path(env["HPCLAB_CONFIG"]).expanduser().absolute()
         control = state / "ctl"
-        if len(str(control)) > _MAX_SOCKET_DIR:
-            # A deep HPCLAB_HOME would overflow sun_path: use a short per-user directory
+        if len(os.fsencode(control)) > _MAX_SOCKET_DIR or not _PLAIN_PATH.fullmatch(str(control)):
+            # A deep HPCLAB_HOME would overflow sun_path, and ssh splits `-o ControlPath=...`
+            # into words and expands % and ${} in it: use a short, plain per-user directory
             # whose name still depends on the state dir, so two homes never share sockets.
             digest = hashlib.sha256(str(state).encode()).hexdigest()[:10]
             control = Path("/tmp") / f"hpclab-{os.getuid()}-{digest}"
