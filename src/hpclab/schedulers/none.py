@@ -22,7 +22,7 @@ class NoScheduler(Scheduler):
     name = "none"
     title = "no scheduler"
     directive = "#"
-    submit = ("setsid", "bash")
+    submit = ("setsid",)
     cancel = ("kill", "-TERM", "--")
     job_id_var = "$$"
     probe = ()
@@ -47,10 +47,15 @@ class NoScheduler(Scheduler):
         return [f'exec </dev/null >>"$HOME"/{shlex.quote(spec.output)} 2>>"$HOME"/{shlex.quote(spec.error)}']
 
     def submit_shell(self, script: str) -> str:
-        # In the background, in a new session, every descriptor away from the SSH channel:
-        # the command returns at once and the job outlives the connection. $! is the pid of
-        # setsid, which execs bash: not a group leader, so setsid does not fork.
-        return f"{shlex.join(self.submit)} {script} </dev/null >/dev/null 2>&1 & echo $!"
+        """Start `script` in the background in a session of its own, every descriptor away from
+        the SSH channel, and print its pid. One line without '!' (so no $!): the job writes its
+        own pid next to the script, and this waits for that file (30 s at most)."""
+        pid = f"{script}.pid"
+        return (
+            f"setsid sh -c 'echo $$ > \"$1.pid\" && exec bash \"$1\"' hpclab {script} </dev/null >/dev/null 2>&1 & "
+            f'i=0; until [ -s {pid} ] || [ "$i" -ge 300 ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); done; '
+            f"cat {pid}"
+        )
 
     def cancel_argv(self, job_id: str) -> list[str]:
         return [*self.cancel, f"-{job_id}"]  # the whole process group: bash, jupyter, kernels
