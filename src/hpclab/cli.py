@@ -4,6 +4,7 @@ HpclabError and leaves as a message, a hint and an exit code."""
 from __future__ import annotations
 
 import argparse
+import html
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 
 from . import __version__, profiles, session
 from .errors import ConfigError, ExitCode, HpclabError, Interrupted, NotFoundError
-from .paths import Paths
+from .paths import Paths, private_dir, write_private
 from .remote import Counters
 from .state import SessionRecord, Store
 from .timefmt import human, parse_duration
@@ -109,11 +110,22 @@ def _summary(rec: SessionRecord, state: str | None = None) -> dict[str, Any]:
     }
 
 
-def _open_browser(console: Console, url: str) -> None:
+def _open_browser(console: Console, paths: Paths, rec: SessionRecord) -> None:
+    """Open the lab through a private local redirect file, as Jupyter itself does: the
+    browser's command line then carries a file path, not the token."""
+    if not rec.url:
+        return
+    private_dir(paths.state_dir / "open")
+    page = paths.state_dir / "open" / f"{rec.id}.html"
+    url = html.escape(rec.url, quote=True)
+    write_private(page, f'<!DOCTYPE html><html><head><meta charset="utf-8">'
+                        f'<meta http-equiv="refresh" content="0;url={url}"><title>hpclab</title></head>'
+                        f'<body><a href="{url}">Open JupyterLab</a></body></html>\n')
     try:
-        if not webbrowser.open(url):
-            console.info("no browser could be opened here; open the URL above yourself")
+        opened = webbrowser.open(page.as_uri())
     except webbrowser.Error:
+        opened = False
+    if not opened:
         console.info("no browser could be opened here; open the URL above yourself")
 
 
@@ -163,8 +175,8 @@ def _cmd_up(args: argparse.Namespace, console: Console) -> int:
                 })
             else:
                 console.result(f"JupyterLab is ready: {rec.url}")
-            if not args.no_browser and rec.url:
-                _open_browser(console, rec.url)
+            if not args.no_browser:
+                _open_browser(console, paths, rec)
             if args.detach:
                 if not args.json:
                     console.info(f"session {rec.id} (job {rec.job_id}) keeps running; "
@@ -232,8 +244,8 @@ def _cmd_attach(args: argparse.Namespace, console: Console) -> int:
                 console.json(_summary(rec))
             else:
                 console.result(f"JupyterLab is ready: {rec.url}")
-            if not args.no_browser and rec.url:
-                _open_browser(console, rec.url)
+            if not args.no_browser:
+                _open_browser(console, paths, rec)
             if args.detach:
                 return ExitCode.OK
             console.info(f"press Ctrl-C to close the tunnel; the session keeps running (hpclab stop {rec.id} ends it)")

@@ -478,6 +478,7 @@ def stop_session(rec: SessionRecord, cluster: Cluster, store: Store, *, tunnel: 
             info = cluster.cancel(rec.job_id)
     cluster.remove_session_dir(rec.id)
     store.delete(rec.id)
+    (store.paths.state_dir / "open" / f"{rec.id}.html").unlink(missing_ok=True)
     return info
 
 

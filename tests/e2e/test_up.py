@@ -191,3 +191,20 @@ def test_one_login_node_authentication_per_up(hpclab: Hpclab, transport: str) ->
     # socket transport reaches Jupyter's socket through one connection to the node itself
     assert node_auths == (1 if transport == "socket" else 0)
     assert info["state"] == "running"
+
+
+def test_browser_gets_a_private_redirect_file_not_the_token(hpclab: Hpclab, tmp_path: Path) -> None:
+    seen = tmp_path / "browser-argv"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {seen}\n')
+    browser.chmod(0o755)
+    hpclab.env_extra["BROWSER"] = str(browser)
+    info = hpclab.json("up", "testcluster", "--detach", "--transport", "tcp")
+    argv = seen.read_text().split()
+    token = info["url"].split("token=")[1]
+    assert len(argv) == 1 and argv[0].startswith("file://") and token not in argv[0]
+    page = Path(argv[0].removeprefix("file://"))
+    assert oct(page.stat().st_mode & 0o777) == "0o600"
+    assert f'content="0;url={info["url"]}"' in page.read_text()
+    assert hpclab("stop", info["id"]).returncode == 0
+    assert not page.exists()
