@@ -4,6 +4,7 @@ HpclabError and leaves as a message, a hint and an exit code."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import html
 import logging
 import os
@@ -154,8 +155,6 @@ def _add_up(sub: Any) -> None:
 def _cmd_up(args: argparse.Namespace, console: Console) -> int:
     paths = _paths()
     profile = _profile(args, paths)
-    if profile.scheduler == "auto":
-        raise ConfigError("scheduler = \"auto\" is not supported yet", hint="set scheduler = \"slurm\"")
     store = Store(paths)
     launch = session.Launch(profile, paths, store, report=console.status, counters=Counters())
     mask(launch.record.token)
@@ -264,6 +263,8 @@ def _cmd_attach(args: argparse.Namespace, console: Console) -> int:
 def _discover(args: argparse.Namespace, paths: Paths, store: Store, console: Console) -> SessionRecord:
     profile = profiles.resolve(args.profile, paths.config_file)
     cluster = session.Cluster(profile.host, profile.ssh_options, profile.scheduler, paths)
+    if cluster.auto:
+        profile = dataclasses.replace(profile, scheduler=cluster.detect())
     console.status("discover", f"looking for your sessions on {profile.host}")
     found = [r for r in cluster.discover() if r.alive and r.rendezvous]
     if args.id:
@@ -302,10 +303,12 @@ def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
     for name in names:
         profile = profiles.resolve(name, paths.config_file)
         key = (profile.host, profile.ssh_options)
-        if key in seen or profile.scheduler == "auto":
+        if key in seen:
             continue
         seen.add(key)
         cluster = session.Cluster(profile.host, profile.ssh_options, profile.scheduler, paths)
+        if cluster.auto:
+            cluster.detect()
         console.status("cleanup", f"looking for stray hpclab jobs on {profile.host}")
         for orphan in session.orphans(cluster, store):
             entry = {"profile": name, "id": orphan.id, "job_id": orphan.job_id, "cancelled": False}

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import jobscript
 from .errors import (
+    ConfigError,
     ConnectError,
     HpclabError,
     JobEndedError,
@@ -27,6 +28,8 @@ from .paths import Paths
 from .profiles import Profile
 from .remote import Counters, SshRemote
 from .schedulers import JobInfo, JobSpec, JobState, Scheduler, get
+from .schedulers import names as scheduler_names
+from .schedulers.detect import DETECT_SCRIPT, NONE_FOUND, parse_detect
 from .state import SessionRecord, Store
 from .tunnel import Tunnel, free_local_port, probe, wait_ready
 
@@ -96,7 +99,9 @@ class Cluster:
     def __init__(self, profile_host: str, ssh_options: tuple[str, ...] | list[str], scheduler: str,
                  paths: Paths, counters: Counters | None = None) -> None:
         self.login = SshRemote(profile_host, ssh_options, paths.control_dir, counters=counters)
-        self.scheduler: Scheduler = get(scheduler)
+        # "auto" is resolved by detect() on first contact
+        self.scheduler: Scheduler = get("slurm" if scheduler == "auto" else scheduler)
+        self.auto = scheduler == "auto"
         self.paths = paths
         self._nodes: dict[str, SshRemote] = {}
 
@@ -111,6 +116,19 @@ class Cluster:
         return self._nodes[dest]
 
     # -- scheduler --------------------------------------------------------------------
+
+    def detect(self) -> str:
+        """Find which scheduler the login node runs (scheduler = "auto") and use it."""
+        out = self.login.shell(DETECT_SCRIPT, what="scheduler detection", check=False).stdout
+        name = parse_detect(out)
+        if name == NONE_FOUND:
+            raise ConfigError(
+                f"could not tell which scheduler {self.login.host} runs",
+                hint="set scheduler in the profile to one of: " + ", ".join(scheduler_names()),
+            )
+        self.scheduler = get(name)
+        self.auto = False
+        return name
 
     def status(self, job_ids: list[str]) -> dict[str, JobInfo]:
         """One batched query. A failing query means 'unknown, ask again', not 'gone'."""
@@ -278,6 +296,9 @@ class Launch:
         start = time.monotonic()
         self.report("connect", f"connecting to {rec.host}")
         cluster.login.connect()
+        if cluster.auto:
+            rec.scheduler = cluster.detect()
+            self.report("detect", f"{rec.host} runs {cluster.scheduler.title}")
         start = t.mark("connect", start)
 
         self.report("submit", f"submitting to {cluster.scheduler.title}")
