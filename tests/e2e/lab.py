@@ -174,15 +174,29 @@ def profile_text(name: str = "testcluster", **overrides: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def session_dirs(user: str) -> list[str]:
+    """hpclab session directories on the cluster (shared /home) of `user`."""
+    out = tcx("login", ["sh", "-c", f"ls -A /home/{user}/.hpclab/sessions 2>/dev/null || true"]).stdout
+    return out.split()
+
+
+def janitor() -> None:
+    """Cancel every job of the test users and remove their session directories, so that one
+    test's leftovers (a test that failed halfway) cannot fail the next one's checks."""
+    for user in (tc("TC_USER"), tc("TC_USER2")):
+        for job in user_jobs(user):
+            tcx("login", ["scancel", job], check=False)
+        tcx("login", ["sh", "-c", f"rm -rf /home/{user}/.hpclab/sessions/*"], check=False)
+
+
 @pytest.fixture
 def hpclab(cluster: Any, tmp_path: Path) -> Iterator[Hpclab]:
+    janitor()
     tool = Hpclab(home=tmp_path / "laptop", config=Path(tc("HPCLAB_CONFIG")))
     tool.home.mkdir()
     yield tool
     tool.cleanup()
-    for user in (tc("TC_USER"), tc("TC_USER2")):
-        for job in user_jobs(user):
-            tcx("login", ["scancel", job], check=False)
+    janitor()
 
 
 def run_cell(url: str, code: str, timeout: float = 60) -> str:

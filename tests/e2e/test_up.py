@@ -7,16 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from lab import Hpclab, hpclab, profile_text, run_cell, tc, tcx, user_jobs, wait_for
+from lab import Hpclab, hpclab, profile_text, run_cell, session_dirs, tc, tcx, user_jobs, wait_for
 
 __all__ = ["hpclab"]
 
 NODES = ("node1", "node2")
-
-
-def session_dirs(user: str) -> list[str]:
-    out = tcx("login", ["sh", "-c", f"ls -A /home/{user}/.hpclab/sessions 2>/dev/null || true"]).stdout
-    return out.split()
 
 
 def accepted(host: str, user: str) -> int:
