@@ -31,6 +31,7 @@ from .schedulers import JobInfo, JobSpec, JobState, Scheduler, get
 from .schedulers import names as scheduler_names
 from .schedulers.detect import DETECT_SCRIPT, NONE_FOUND, parse_detect
 from .state import SessionRecord, Store
+from .timefmt import human
 from .tunnel import Tunnel, free_local_port, probe, wait_ready
 
 log = logging.getLogger(__name__)
@@ -512,7 +513,8 @@ class Watch:
 
     def __init__(self, rec: SessionRecord, cluster: Cluster, store: Store, *, report: Report = _quiet,
                  warnings: tuple[int, ...] = (600, 120), clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 lab_probe: Callable[[int, str], int | None] = probe) -> None:
         self.rec = rec
         self.cluster = cluster
         self.store = store
@@ -520,20 +522,34 @@ class Watch:
         self.warn_at = sorted(warnings, reverse=True)
         self.clock = clock
         self.sleep = sleep
+        self.probe = lab_probe
         self.deadline: float | None = None
         self.reconnects = 0
 
     def run(self, probe_every: float = 2.0, job_every: float = 30.0) -> None:
-        """Returns never; raises JobEndedError/TimeLimitError when the job ends."""
+        """Returns never; raises JobEndedError/TimeLimitError when the job ends. While the
+        login node cannot be reached (laptop asleep, network changed) it keeps trying."""
         next_job = 0.0
         warned: set[int] = set()
+        offline_since: float | None = None
         while True:
             now = self.clock()
-            if now >= next_job:
-                self._check_job()
-                next_job = now + job_every
-            if probe(self.rec.local_port or 0, self.rec.token) != 200:
-                self._repair()
+            try:
+                if now >= next_job:
+                    self._check_job()
+                    next_job = now + job_every
+                if self.probe(self.rec.local_port or 0, self.rec.token) != 200:
+                    self._repair()
+            except ConnectError as exc:
+                if offline_since is None:
+                    offline_since = now
+                    self.report("offline", f"cannot reach {self.rec.host} ({exc.message}); retrying")
+                next_job = now  # ask the scheduler as soon as the login node answers again
+                self.sleep(min(10.0, probe_every * 2))
+                continue
+            if offline_since is not None:
+                self.report("online", f"{self.rec.host} answers again after {self.clock() - offline_since:.0f} s")
+                offline_since = None
             if self.deadline is not None:
                 left = self.deadline - self.clock()
                 for mark in self.warn_at:
@@ -543,6 +559,8 @@ class Watch:
                         next_job = min(next_job, now + max(5.0, left - 5))
                 if left <= 0:
                     next_job = min(next_job, now + 5)
+                self.report("tick", f"job {self.rec.job_id} on {self.rec.node}, {human(max(0, left))} left, "
+                                    f"lab at http://127.0.0.1:{self.rec.local_port}/lab")
             self.sleep(probe_every)
 
     def _check_job(self) -> None:
@@ -581,7 +599,7 @@ class Watch:
             snap = self.cluster.poll(rec.id, 0, False, rec.job_id)
             if snap.ended or (snap.job and snap.job.state.ended):
                 raise self.ended(snap.job or JobInfo(rec.job_id or "", JobState.ENDED), snap.ended)
-            if probe(rec.local_port or 0, rec.token) == 200:
+            if self.probe(rec.local_port or 0, rec.token) == 200:
                 return  # a blip
         self.report("reconnect", "the tunnel is down; reconnecting" if alive else
                     "the connection to the login node is gone; reconnecting")

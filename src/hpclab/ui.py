@@ -54,7 +54,10 @@ class Console:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
 
     def status(self, phase: str, detail: str) -> None:
-        """A progress update: rewrites one line on a terminal, prints a line otherwise."""
+        """A progress update: rewrites one line on a terminal, prints a line otherwise.
+        Periodic "tick" updates (time left) only show on a terminal."""
+        if phase == "tick" and not self.live:
+            return
         text = f"{phase:<10} {detail}"
         if self.live:
             self.err.write("\r\x1b[K" + self._paint("hpclab", "1") + " " + text)
