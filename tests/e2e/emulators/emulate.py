@@ -1,0 +1,314 @@
+"""Stand-ins for PBS Pro, Torque and LSF commands that run jobs through the test cluster's SLURM.
+
+FOR TESTS ONLY, and named so: no such scheduler runs here. Each command reads its real
+counterpart's input (a job script with #PBS or #BSUB directives on stdin, job ids) and prints
+exactly the format hpclab parses from the real tool, the same shapes as tests/unit/fixtures/.
+Underneath: sbatch, squeue, sacct, scancel as the calling user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+HERE = Path(__file__).resolve().parent
+SERVER = "tc-login"
+
+
+def run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+
+
+def directives(script: str, prefix: str) -> list[list[str]]:
+    """The option words of each `prefix` line before the first command."""
+    found = []
+    for line in script.splitlines()[1:]:
+        if line.startswith(prefix + " "):
+            found.append(shlex.split(line[len(prefix):]))
+        elif line.strip() and not line.startswith("#"):
+            break
+    return found
+
+
+def clock_seconds(text: str) -> int:
+    parts = [int(p) for p in text.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    h, m, s = parts[-3:]
+    return h * 3600 + m * 60 + s
+
+
+def submit(script: str, *, name: str, out: str, err: str, seconds: int, cpus: int, id_var: str, suffix: str,
+           extra: list[str] | None = None) -> str:
+    """sbatch a wrapper that sets the emulated scheduler's job id variable and runs `script`."""
+    spool = HERE / "spool"
+    spool.mkdir(exist_ok=True)
+    path = spool / f"{uuid.uuid4().hex}.sh"
+    path.write_text(script)
+    wrapper = f'#!/bin/bash\nexport {id_var}="$SLURM_JOB_ID{suffix}"\nexec /bin/bash {shlex.quote(str(path))}\n'
+    argv = ["sbatch", "--parsable", "-J", name, "-o", out, "-e", err, "-t", str(max(1, -(-seconds // 60))),
+            "-N", "1", "-n", "1", "-c", str(cpus), *(extra or [])]
+    proc = run(argv, wrapper)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        sys.exit(proc.returncode)
+    return proc.stdout.strip().split(";")[0]
+
+
+def queue() -> dict[str, dict[str, str]]:
+    """The user's SLURM jobs, as squeue sees them (ended ones for a while too)."""
+    fields = ("id", "state", "nodes", "limit", "used", "left", "reason", "start")
+    proc = run(["squeue", "--me", "--states=all", "-h", "-o", "%i|%T|%N|%l|%M|%L|%r|%S"])
+    jobs = {}
+    for line in proc.stdout.splitlines():
+        values = line.split("|")
+        if len(values) == len(fields):
+            jobs[values[0]] = dict(zip(fields, values, strict=True))
+    return jobs
+
+
+def accounting(job_id: str) -> dict[str, str] | None:
+    proc = run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,ExitCode,NodeList,Timelimit,Elapsed"])
+    for line in proc.stdout.splitlines():
+        values = line.split("|")
+        if len(values) == 6 and values[0] == job_id:
+            return {"id": job_id, "state": values[1].split()[0], "exit": values[2].split(":")[0],
+                    "nodes": values[3], "limit": values[4], "used": values[5], "left": "", "reason": "", "start": ""}
+    return None
+
+
+def lookup(job_ids: list[str]) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """SLURM's word on each id (squeue, else sacct); the ids neither knows."""
+    jobs = queue()
+    found, unknown = {}, []
+    for job_id in job_ids:
+        seq = job_id.split(".")[0]
+        info = jobs.get(seq) or accounting(seq)
+        if info is None or not seq.isdigit():
+            unknown.append(job_id)
+        else:
+            found[job_id] = info
+    return found, unknown
+
+
+def duration(text: str) -> int:
+    """squeue/sacct time ("1-02:03:04", "12:34", "5:00:00") in seconds; 0 for anything else."""
+    m = re.match(r"^(?:(\d+)-)?(\d+(?::\d+){0,2})$", text.strip())
+    if not m:
+        return 0
+    return int(m.group(1) or 0) * 86400 + clock_seconds(m.group(2))
+
+
+def hms(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+         "DEADLINE"}
+RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
+
+
+# -- PBS Pro -------------------------------------------------------------------------------------
+
+
+def pbs_qsub() -> None:
+    script = sys.stdin.read()
+    name, out, err, seconds, cpus = "STDIN", "", "", 3600, 1
+    for words in directives(script, "#PBS"):
+        for opt, val in zip(words[::2], words[1::2], strict=False):
+            if opt == "-N":
+                name = val
+            elif opt == "-o":
+                out = val
+            elif opt == "-e":
+                err = val
+            elif opt == "-l":
+                for item in val.split(","):
+                    key, _, value = item.partition("=")
+                    if key == "walltime":
+                        seconds = clock_seconds(value)
+                    elif key in ("select", "nodes"):
+                        m = re.search(r"(?:ncpus|ppn)=(\d+)", value)
+                        cpus = int(m.group(1)) if m else cpus
+    job = submit(script, name=name, out=out or f"{name}.o%j", err=err or f"{name}.e%j", seconds=seconds, cpus=cpus,
+                 id_var="PBS_JOBID", suffix=f".{SERVER}")
+    print(f"{job}.{SERVER}")
+
+
+def pbs_state(info: dict[str, str]) -> str:
+    state = info["state"]
+    if state in FINAL:
+        return "F"
+    if state in RUNNING:
+        return "R"
+    return "H" if info["reason"].startswith("JobHeld") else "Q"
+
+
+def pbs_exit(info: dict[str, str], walltime: int) -> int:
+    state = info["state"]
+    if state == "COMPLETED":
+        return 0
+    if state == "TIMEOUT":
+        return walltime
+    if state == "CANCELLED":
+        return 271  # 256 + SIGTERM
+    return int(info.get("exit") or 1)
+
+
+def pbs_qstat() -> None:
+    ids = [a for a in sys.argv[1:] if not a.startswith("-") and a != "json"]
+    found, unknown = lookup(ids)
+    jobs = {}
+    for job_id, info in found.items():
+        seq = job_id.split(".")[0]
+        if info["state"] in FINAL and "exit" not in info:
+            info = accounting(seq) or info
+        state = pbs_state(info)
+        limit = duration(info["limit"])
+        job: dict[str, object] = {
+            "Job_Name": "", "Job_Owner": f"{os.environ.get('USER', '')}@{SERVER}", "job_state": state,
+            "queue": "workq", "server": SERVER, "Resource_List": {"ncpus": 1, "nodect": 1, "select": "1",
+                                                                 "walltime": hms(limit)},
+        }
+        if state in ("R", "F") and info["nodes"] and info["nodes"] != "None assigned":
+            job["exec_host"] = f"{info['nodes'].split(',')[0]}/0"
+            job["resources_used"] = {"walltime": hms(duration(info["used"]))}
+        if state in ("Q", "H"):
+            job["comment"] = f"Not Running: {info['reason']}"
+            if info["start"] not in ("", "N/A"):
+                job["estimated"] = {"start_time": info["start"]}
+        if state == "F":
+            job["Exit_status"] = pbs_exit(info, -29)
+        jobs[f"{seq}.{SERVER}"] = job
+    print(json.dumps({"timestamp": 0, "pbs_version": "2022.1.1", "pbs_server": SERVER, "Jobs": jobs}, indent=4))
+    for job_id in unknown:
+        print(f"qstat: Unknown Job Id {job_id}", file=sys.stderr)
+    sys.exit(153 if unknown else 0)
+
+
+def pbs_qdel() -> None:
+    rc = 0
+    for job_id in sys.argv[1:]:
+        if run(["scancel", job_id.split(".")[0]]).returncode != 0:
+            print(f"qdel: Unknown Job Id {job_id}", file=sys.stderr)
+            rc = 153
+    sys.exit(rc)
+
+
+# -- Torque --------------------------------------------------------------------------------------
+
+
+def torque_qstat() -> None:
+    ids = [a for a in sys.argv[1:] if not a.startswith("-")]
+    found, unknown = lookup(ids)
+    parts = []
+    for job_id, info in found.items():
+        seq = job_id.split(".")[0]
+        state = pbs_state(info)
+        state = "C" if state == "F" else state
+        limit = duration(info["limit"])
+        xml = f"<Job><Job_Id>{seq}.{SERVER}</Job_Id><job_state>{state}</job_state><queue>batch</queue>"
+        if state in ("R", "C") and info["nodes"] and info["nodes"] != "None assigned":
+            xml += f"<exec_host>{escape(info['nodes'].split(',')[0])}/0</exec_host>"
+            xml += f"<resources_used><walltime>{hms(duration(info['used']))}</walltime></resources_used>"
+        xml += f"<Resource_List><nodect>1</nodect><walltime>{hms(limit)}</walltime></Resource_List>"
+        if state == "R":
+            xml += f"<Walltime><Remaining>{duration(info['left'])}</Remaining></Walltime>"
+        if state in ("Q", "H"):
+            xml += f"<comment>{escape(info['reason'])}</comment>"
+        if state == "C":
+            xml += f"<exit_status>{pbs_exit(accounting(seq) or info, -11)}</exit_status>"
+        parts.append(xml + "</Job>")
+    if parts:
+        print("<Data>" + "".join(parts) + "</Data>")
+    for job_id in unknown:
+        print(f"qstat: Unknown Job Id Error {job_id}", file=sys.stderr)
+    sys.exit(153 if unknown else 0)
+
+
+# -- LSF -----------------------------------------------------------------------------------------
+
+
+def lsf_bsub() -> None:
+    script = sys.stdin.read()
+    name, out, err, seconds, cpus, warn = "STDIN", "", "", 3600, 1, None
+    for words in directives(script, "#BSUB"):
+        opt, val = [*words, ""][:2]
+        if opt == "-J":
+            name = val
+        elif opt == "-o":
+            out = val
+        elif opt == "-e":
+            err = val
+        elif opt == "-W":
+            seconds = clock_seconds(val + ":00") if ":" in val else int(val) * 60
+        elif opt == "-n":
+            cpus = int(val)
+        elif opt == "-wt":
+            warn = int(val.split(":")[-1]) * 60
+    # -wa USR1 -wt MINUTES is SLURM's --signal=B:USR1@SECONDS
+    extra = [f"--signal=B:USR1@{warn}"] if warn else []
+    job = submit(script, name=name, out=out or "/dev/null", err=err or out or "/dev/null", seconds=seconds,
+                 cpus=cpus, id_var="LSB_JOBID", suffix="", extra=extra)
+    print(f"Job <{job}> is submitted to default queue <normal>.")
+
+
+def lsf_bjobs() -> None:
+    args = sys.argv[1:]
+    ids = [a for i, a in enumerate(args) if a.isdigit() and args[i - 1] != "-o"]
+    found, unknown = lookup(ids)
+    records = []
+    for job_id, info in found.items():
+        state = info["state"]
+        stat = ("DONE" if state == "COMPLETED" else "EXIT") if state in FINAL else (
+            "RUN" if state in RUNNING else "PEND")
+        rec = {"JOBID": job_id, "STAT": stat, "EXEC_HOST": "", "PEND_REASON": "", "TIME_LEFT": "", "EXIT_CODE": "",
+               "EXIT_REASON": ""}
+        if stat != "PEND" and info["nodes"] and info["nodes"] != "None assigned":
+            rec["EXEC_HOST"] = info["nodes"].split(",")[0]
+        if stat == "RUN":
+            left = duration(info["left"])
+            rec["TIME_LEFT"] = f"{left // 3600}:{left % 3600 // 60:02d} L"
+        if stat == "PEND":
+            rec["PEND_REASON"] = f"{info['reason']};"
+        if stat == "EXIT":
+            rec["EXIT_REASON"] = {
+                "CANCELLED": "TERM_OWNER: job killed by owner",
+                "TIMEOUT": "TERM_RUNLIMIT: job killed after reaching LSF run time limit",
+            }.get(state, "")
+            rec["EXIT_CODE"] = "130" if state == "CANCELLED" else (accounting(job_id) or info).get("exit", "1")
+        records.append(rec)
+    print(json.dumps({"COMMAND": "bjobs", "JOBS": len(records), "RECORDS": records}, indent=2).replace('": ', '":'))
+    for job_id in unknown:
+        print(f"Job <{job_id}> is not found", file=sys.stderr)
+    sys.exit(255 if unknown else 0)
+
+
+def lsf_bkill() -> None:
+    rc = 0
+    for job_id in sys.argv[1:]:
+        if run(["scancel", job_id]).returncode == 0:
+            print(f"Job <{job_id}> is being terminated")
+        else:
+            print(f"Job <{job_id}>: No matching job found", file=sys.stderr)
+            rc = 255
+    sys.exit(rc)
+
+
+COMMANDS = {
+    ("pbs", "qsub"): pbs_qsub, ("pbs", "qstat"): pbs_qstat, ("pbs", "qdel"): pbs_qdel,
+    ("torque", "qsub"): pbs_qsub, ("torque", "qstat"): torque_qstat, ("torque", "qdel"): pbs_qdel,
+    ("lsf", "bsub"): lsf_bsub, ("lsf", "bjobs"): lsf_bjobs, ("lsf", "bkill"): lsf_bkill,
+}
+
+
+def main(path: str) -> None:
+    me = Path(path)
+    COMMANDS[(me.parent.name, me.name)]()

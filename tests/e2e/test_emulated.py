@@ -1,0 +1,148 @@
+"""The whole `hpclab up` flow for PBS Pro, Torque and LSF against EMULATED commands.
+
+No such scheduler runs here. tests/e2e/emulators/ holds small qsub/qstat/qdel and
+bsub/bjobs/bkill stand-ins that run the job through the test cluster's real SLURM and print
+exactly the real tools' formats (those of tests/unit/fixtures/). What these tests prove is
+hpclab's side: the rendered directives are read, the id parsed, the batched status query
+and its parser, cancel, and the job id variable inside the job. What they cannot prove is
+that a real PBS/Torque/LSF behaves as the emulator does.
+
+How the emulators get first on PATH without touching the test cluster: a key of this test
+only is added to the user's authorized_keys with a forced command that prepends the
+emulators' directory to PATH and runs the original command with bash -c. The profile reaches
+the login node with that key; other tests' connections are not affected. Both are removed
+afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lab import Hpclab, hpclab, run_cell, tc, user_jobs
+
+__all__ = ["hpclab"]
+
+EMULATORS = Path(__file__).parent / "emulators"
+NODES = ("node1", "node2")
+JOB_ID_VAR = {"pbs": "PBS_JOBID", "torque": "PBS_JOBID", "lsf": "LSB_JOBID"}
+
+
+class Emulated:
+    def __init__(self, hpclab: Hpclab, tmp_path: Path) -> None:
+        self.hpclab = hpclab
+        self.user = tc("TC_USER")
+        self.token = secrets.token_hex(4)
+        self.home = Path("/home") / self.user
+        self.dest = self.home / f".hpclab-emulators-{self.token}"
+        self.key = tmp_path / "emulator_key"
+        self.ssh_config = tmp_path / "ssh_config"
+        self.marker = f"hpclab-emulator-test-{self.token}"
+
+    def install(self, scheduler: str) -> str:
+        """Copy the emulators, authorize the key with its PATH, write a profile; returns its name."""
+        shutil.copytree(EMULATORS, self.dest, ignore=shutil.ignore_patterns("__pycache__", "spool"))
+        pw = subprocess.run(["id", "-u", self.user], capture_output=True, text=True, check=True).stdout.strip()
+        gid = subprocess.run(["id", "-g", self.user], capture_output=True, text=True, check=True).stdout.strip()
+        for root, dirs, files in os.walk(self.dest):
+            for name in [root, *(os.path.join(root, f) for f in dirs + files)]:
+                os.chown(name, int(pw), int(gid))
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.marker, "-f", str(self.key)],
+                       check=True)
+        forced = f'export PATH={self.dest}/{scheduler}:$PATH; exec /bin/bash -c \\"$SSH_ORIGINAL_COMMAND\\"'
+        line = f'command="{forced}",no-agent-forwarding,no-X11-forwarding {self.key.with_suffix(".pub").read_text()}'
+        with (self.home / ".ssh" / "authorized_keys").open("a") as fh:
+            fh.write(line if line.endswith("\n") else line + "\n")
+        self.ssh_config.write_text(
+            f"Host tc-login-emu\n    HostName {tc('TC_LOGIN_ADDR')}\n    User {self.user}\n    HostKeyAlias tc-login\n"
+            f"Host node1 node2\n    User {self.user}\n    ProxyJump tc-login-emu\n"
+            f"Host *\n    IdentityFile {self.key}\n    IdentitiesOnly yes\n"
+            f"    UserKnownHostsFile {tc('TC_KNOWN_HOSTS')}\n    GlobalKnownHostsFile /dev/null\n"
+            "    StrictHostKeyChecking yes\n    BatchMode yes\n    ConnectTimeout 10\n"
+        )
+        name = f"emulated-{scheduler}"
+        self.hpclab.write_config(
+            f"[profiles.{name}]\nhost = \"tc-login-emu\"\nssh_options = [\"-F\", \"{self.ssh_config}\"]\n"
+            f"scheduler = \"{scheduler}\"\ntime = \"00:30:00\"\n"
+            f"setup = \"source {tc('TC_JUPYTER_VENV')}/bin/activate\"\n"
+        )
+        return name
+
+    def remove(self) -> None:
+        keys = self.home / ".ssh" / "authorized_keys"
+        kept = [ln for ln in keys.read_text().splitlines(keepends=True) if self.marker not in ln]
+        tmp = keys.with_name(f".authorized_keys.{self.token}")
+        tmp.write_text("".join(kept))
+        st = keys.stat()
+        os.chown(tmp, st.st_uid, st.st_gid)
+        tmp.chmod(st.st_mode & 0o777)
+        os.replace(tmp, keys)
+        shutil.rmtree(self.dest, ignore_errors=True)
+
+
+@pytest.fixture
+def emulated(hpclab: Hpclab, tmp_path: Path) -> Iterator[Emulated]:
+    emu = Emulated(hpclab, tmp_path)
+    try:
+        yield emu
+    finally:
+        hpclab.cleanup()  # stop --all while the key and the emulators still exist
+        emu.remove()
+
+
+def up_cell_list_stop(hpclab: Hpclab, emulated: Emulated, scheduler: str) -> None:
+    profile = emulated.install(scheduler)
+    info = hpclab.json("up", profile, "--detach", "--no-browser")
+    assert info["scheduler"] == scheduler and info["state"] == "running" and info["node"] in NODES
+    slurm_id = info["job_id"].split(".")[0]
+    assert slurm_id in user_jobs(emulated.user)
+    var = JOB_ID_VAR[scheduler]
+    output = run_cell(info["url"], f"import os, socket; print(socket.gethostname(), os.environ.get('{var}'))")
+    assert output.split() == [info["node"], info["job_id"]]  # the job id variable names the same job
+
+    listed = hpclab.json("list")
+    assert [(s["job_id"], s["state"]) for s in listed] == [(info["job_id"], "running")]
+    stopped = hpclab.json("stop", info["id"])
+    assert stopped[0]["state"] in ("ended", "cancelled")  # PBS/LSF still show the job, as cancelled
+    assert slurm_id not in user_jobs(emulated.user)
+
+
+def ctrl_c_leaves_no_job(hpclab: Hpclab, emulated: Emulated, scheduler: str) -> None:
+    profile = emulated.install(scheduler)
+    run = hpclab.start("up", profile, "--no-browser")
+    run.wait_url()
+    job_id = hpclab.json("list")[0]["job_id"].split(".")[0]
+    assert job_id in user_jobs(emulated.user)
+    run.signal(signal.SIGINT)
+    assert run.wait(90) == 130
+    assert job_id not in user_jobs(emulated.user)
+
+
+def test_emulated_pbs_up_runs_a_cell_lists_and_stops(hpclab: Hpclab, emulated: Emulated) -> None:
+    up_cell_list_stop(hpclab, emulated, "pbs")
+
+
+def test_emulated_pbs_ctrl_c_leaves_no_job(hpclab: Hpclab, emulated: Emulated) -> None:
+    ctrl_c_leaves_no_job(hpclab, emulated, "pbs")
+
+
+def test_emulated_torque_up_runs_a_cell_lists_and_stops(hpclab: Hpclab, emulated: Emulated) -> None:
+    up_cell_list_stop(hpclab, emulated, "torque")
+
+
+def test_emulated_torque_ctrl_c_leaves_no_job(hpclab: Hpclab, emulated: Emulated) -> None:
+    ctrl_c_leaves_no_job(hpclab, emulated, "torque")
+
+
+def test_emulated_lsf_up_runs_a_cell_lists_and_stops(hpclab: Hpclab, emulated: Emulated) -> None:
+    up_cell_list_stop(hpclab, emulated, "lsf")
+
+
+def test_emulated_lsf_ctrl_c_leaves_no_job(hpclab: Hpclab, emulated: Emulated) -> None:
+    ctrl_c_leaves_no_job(hpclab, emulated, "lsf")
