@@ -51,6 +51,10 @@ def jupyter_args(opts: JobOptions) -> list[str]:
         "--PasswordIdentityProvider.allow_password_change=False",
         # Kernels talk over unix sockets in the private runtime dir, not TCP ports on the node.
         "--KernelManager.transport=ipc",
+        # Only a local Host header (the tunnel's 127.0.0.1:PORT) is served: a web page whose name
+        # resolves to 127.0.0.1 (DNS rebinding) is refused. Jupyter turns this check off by
+        # itself when it listens on a non-loopback address, as in tcp mode.
+        "--ServerApp.allow_remote_access=False",
     ]
     if opts.idle_timeout > 0:
         interval = max(10, min(60, opts.idle_timeout // 2))

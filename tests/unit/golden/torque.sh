@@ -83,7 +83,7 @@ else
   if [ -z "$hpclab_addr" ]; then echo "hpclab: cannot find this node's address" >&2; exit 1; fi
   hpclab_listen=(--ServerApp.ip="$hpclab_addr" --ServerApp.port=0 --ServerApp.port_retries=0)
 fi
-jupyter lab --no-browser --PasswordIdentityProvider.allow_password_change=False --KernelManager.transport=ipc --ServerApp.shutdown_no_activity_timeout=3600 --MappingKernelManager.cull_idle_timeout=3600 --MappingKernelManager.cull_interval=60 --MappingKernelManager.cull_connected=False "${hpclab_listen[@]}" &
+jupyter lab --no-browser --PasswordIdentityProvider.allow_password_change=False --KernelManager.transport=ipc --ServerApp.allow_remote_access=False --ServerApp.shutdown_no_activity_timeout=3600 --MappingKernelManager.cull_idle_timeout=3600 --MappingKernelManager.cull_interval=60 --MappingKernelManager.cull_connected=False "${hpclab_listen[@]}" &
 hpclab_pid=$!
 
 # Ready when Jupyter has written its server-info file: it has bound by then.
