@@ -290,6 +290,7 @@ class Launch:
         self.record, self._token = new_record(profile, profile.transport)
         self.tunnel: Tunnel | None = None
         self.warnings: list[str] = []
+        self._connected = False  # until the login master is up, nothing has reached the cluster
 
     def run(self) -> SessionRecord:
         rec, cluster, t = self.record, self.cluster, self.timings
@@ -297,6 +298,7 @@ class Launch:
         start = time.monotonic()
         self.report("connect", f"connecting to {rec.host}")
         cluster.login.connect()
+        self._connected = True
         if cluster.auto:
             rec.scheduler = cluster.detect()
             self.report("detect", f"{rec.host} runs {cluster.scheduler.title}")
@@ -475,6 +477,11 @@ class Launch:
 
     def abort(self) -> None:
         """Leave nothing behind: cancel the job, close forwards, remove files on both sides."""
+        if not self._connected:
+            # The login failed (a changed host key, say): there is nothing on the cluster to
+            # remove, and connecting again to try would only contact that host once more.
+            self.store.delete(self.record.id)
+            return
         stop_session(self.record, self.cluster, self.store, tunnel=self.tunnel)
 
 
