@@ -233,3 +233,49 @@ def run_cell(url: str, code: str, timeout: float = 60) -> str:
             return output.inner_text()
         finally:
             browser.close()
+
+
+class ForcedLogin:
+    """A key of one test only, authorized for the user with a forced command that sets PATH
+    before running the original command: the login node then shows that test's commands
+    (emulators, or a PATH without SLURM) while every other connection stays as it was.
+    `ssh_config` reaches the login node as `tc-login-forced` with that key; remove() undoes all."""
+
+    def __init__(self, tmp_path: Path, user: str | None = None) -> None:
+        self.user = user or tc("TC_USER")
+        self.token = os.urandom(4).hex()
+        self.home = Path("/home") / self.user
+        self.key = tmp_path / "forced_key"
+        self.ssh_config = tmp_path / "ssh_config"
+        self.marker = f"hpclab-forced-login-{self.token}"
+
+    def install(self, path: str) -> Path:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.marker, "-f", str(self.key)],
+                       check=True)
+        forced = f'export PATH={path}; exec /bin/bash -c \\"$SSH_ORIGINAL_COMMAND\\"'
+        line = f'command="{forced}",no-agent-forwarding,no-X11-forwarding {self.key.with_suffix(".pub").read_text()}'
+        with (self.home / ".ssh" / "authorized_keys").open("a") as fh:
+            fh.write(line if line.endswith("\n") else line + "\n")
+        self.ssh_config.write_text(
+            f"Host tc-login-forced\n    HostName {tc('TC_LOGIN_ADDR')}\n    User {self.user}\n"
+            "    HostKeyAlias tc-login\n"
+            f"Host node1 node2\n    User {self.user}\n    ProxyJump tc-login-forced\n"
+            f"Host *\n    IdentityFile {self.key}\n    IdentitiesOnly yes\n"
+            f"    UserKnownHostsFile {tc('TC_KNOWN_HOSTS')}\n    GlobalKnownHostsFile /dev/null\n"
+            "    StrictHostKeyChecking yes\n    BatchMode yes\n    ConnectTimeout 10\n"
+        )
+        return self.ssh_config
+
+    def chown(self, path: Path) -> None:
+        """Give `path` (recursively) to the user, as if they had made it."""
+        subprocess.run(["chown", "-R", f"{self.user}:{self.user}", str(path)], check=True)
+
+    def remove(self) -> None:
+        keys = self.home / ".ssh" / "authorized_keys"
+        kept = [ln for ln in keys.read_text().splitlines(keepends=True) if self.marker not in ln]
+        tmp = keys.with_name(f".authorized_keys.{self.token}")
+        tmp.write_text("".join(kept))
+        st = keys.stat()
+        os.chown(tmp, st.st_uid, st.st_gid)
+        tmp.chmod(st.st_mode & 0o777)
+        os.replace(tmp, keys)

@@ -16,16 +16,13 @@ afterwards.
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab import Hpclab, hpclab, run_cell, tc, user_jobs
+from lab import ForcedLogin, Hpclab, hpclab, run_cell, tc, user_jobs
 
 __all__ = ["hpclab"]
 
@@ -37,52 +34,25 @@ JOB_ID_VAR = {"pbs": "PBS_JOBID", "torque": "PBS_JOBID", "lsf": "LSB_JOBID"}
 class Emulated:
     def __init__(self, hpclab: Hpclab, tmp_path: Path) -> None:
         self.hpclab = hpclab
-        self.user = tc("TC_USER")
-        self.token = secrets.token_hex(4)
-        self.home = Path("/home") / self.user
-        self.dest = self.home / f".hpclab-emulators-{self.token}"
-        self.key = tmp_path / "emulator_key"
-        self.ssh_config = tmp_path / "ssh_config"
-        self.marker = f"hpclab-emulator-test-{self.token}"
+        self.login = ForcedLogin(tmp_path)
+        self.user = self.login.user
+        self.dest = self.login.home / f".hpclab-emulators-{self.login.token}"
 
     def install(self, scheduler: str) -> str:
         """Copy the emulators, authorize the key with its PATH, write a profile; returns its name."""
         shutil.copytree(EMULATORS, self.dest, ignore=shutil.ignore_patterns("__pycache__", "spool"))
-        pw = subprocess.run(["id", "-u", self.user], capture_output=True, text=True, check=True).stdout.strip()
-        gid = subprocess.run(["id", "-g", self.user], capture_output=True, text=True, check=True).stdout.strip()
-        for root, dirs, files in os.walk(self.dest):
-            for name in [root, *(os.path.join(root, f) for f in dirs + files)]:
-                os.chown(name, int(pw), int(gid))
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.marker, "-f", str(self.key)],
-                       check=True)
-        forced = f'export PATH={self.dest}/{scheduler}:$PATH; exec /bin/bash -c \\"$SSH_ORIGINAL_COMMAND\\"'
-        line = f'command="{forced}",no-agent-forwarding,no-X11-forwarding {self.key.with_suffix(".pub").read_text()}'
-        with (self.home / ".ssh" / "authorized_keys").open("a") as fh:
-            fh.write(line if line.endswith("\n") else line + "\n")
-        self.ssh_config.write_text(
-            f"Host tc-login-emu\n    HostName {tc('TC_LOGIN_ADDR')}\n    User {self.user}\n    HostKeyAlias tc-login\n"
-            f"Host node1 node2\n    User {self.user}\n    ProxyJump tc-login-emu\n"
-            f"Host *\n    IdentityFile {self.key}\n    IdentitiesOnly yes\n"
-            f"    UserKnownHostsFile {tc('TC_KNOWN_HOSTS')}\n    GlobalKnownHostsFile /dev/null\n"
-            "    StrictHostKeyChecking yes\n    BatchMode yes\n    ConnectTimeout 10\n"
-        )
+        self.login.chown(self.dest)
+        ssh_config = self.login.install(f"{self.dest}/{scheduler}:$PATH")
         name = f"emulated-{scheduler}"
         self.hpclab.write_config(
-            f"[profiles.{name}]\nhost = \"tc-login-emu\"\nssh_options = [\"-F\", \"{self.ssh_config}\"]\n"
+            f"[profiles.{name}]\nhost = \"tc-login-forced\"\nssh_options = [\"-F\", \"{ssh_config}\"]\n"
             f"scheduler = \"{scheduler}\"\ntime = \"00:30:00\"\n"
             f"setup = \"source {tc('TC_JUPYTER_VENV')}/bin/activate\"\n"
         )
         return name
 
     def remove(self) -> None:
-        keys = self.home / ".ssh" / "authorized_keys"
-        kept = [ln for ln in keys.read_text().splitlines(keepends=True) if self.marker not in ln]
-        tmp = keys.with_name(f".authorized_keys.{self.token}")
-        tmp.write_text("".join(kept))
-        st = keys.stat()
-        os.chown(tmp, st.st_uid, st.st_gid)
-        tmp.chmod(st.st_mode & 0o777)
-        os.replace(tmp, keys)
+        self.login.remove()
         shutil.rmtree(self.dest, ignore_errors=True)
 
 
