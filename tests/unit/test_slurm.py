@@ -44,14 +44,14 @@ def test_pending_job_has_no_estimate_when_slurm_has_none() -> None:
     assert info.start_time is None  # "N/A"
 
 
-@pytest.mark.parametrize(("name", "job_id", "state"), [
-    ("sacct-cancelled.txt", "3", JobState.CANCELLED),  # "CANCELLED by 1001"
-    ("sacct-cancelled-pending.txt", "4", JobState.CANCELLED),
-    ("sacct-failed.txt", "5", JobState.FAILED),
+@pytest.mark.parametrize(("name", "job_id", "state", "node"), [
+    ("sacct-cancelled.txt", "3", JobState.CANCELLED, "node1"),  # "CANCELLED by 1001"
+    ("sacct-cancelled-pending.txt", "4", JobState.CANCELLED, None),  # NodeList "None assigned"
+    ("sacct-failed.txt", "5", JobState.FAILED, "node1"),
 ])
-def test_sacct_final_state(name: str, job_id: str, state: JobState) -> None:
+def test_sacct_final_state(name: str, job_id: str, state: JobState, node: str | None) -> None:
     info = get("slurm").parse_final(text(name), job_id)
-    assert info is not None and info.state is state
+    assert info is not None and info.state is state and info.node == node
 
 
 def test_sacct_for_another_job_says_nothing() -> None:

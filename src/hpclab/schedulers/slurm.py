@@ -128,7 +128,9 @@ class Slurm(Scheduler):
             parts = line.strip().split("|")
             if len(parts) >= 4 and parts[0] == job_id:
                 raw = parts[1].split()[0] if parts[1].strip() else ""  # "CANCELLED by 1001"
-                return JobInfo(job_id=job_id, state=self.state(raw), node=parts[3] or None, raw_state=raw)
+                # a job that never started has NodeList "None assigned"
+                node = parts[3] if parts[3] and parts[3] != "None assigned" else None
+                return JobInfo(job_id=job_id, state=self.state(raw), node=node, raw_state=raw)
         return None
 
 
