@@ -122,9 +122,9 @@ def session_dir(session_id: str, name: str | None = None) -> Path:
     return Path("/home") / (name or user()) / ".hpclab" / "sessions" / session_id  # /home is shared
 
 
-def modes(host: str, *paths: str) -> dict[str, tuple[str, int]]:
-    """path -> (type letter, permission bits) of `paths` and everything below them, as root on host."""
-    out = tcx(host, ["find", *paths, "-printf", r"%y %m %p\0"]).stdout
+def modes(host: str, *paths: str, below: bool = True) -> dict[str, tuple[str, int]]:
+    """path -> (type letter, permission bits) of `paths` (and everything below them), as root on host."""
+    out = tcx(host, ["find", *paths, *([] if below else ["-maxdepth", "0"]), "-printf", r"%y %m %p\0"]).stdout
     found = {}
     for entry in out.split("\0"):
         if entry:
@@ -352,21 +352,27 @@ def start_session(tmp: Path, transport: str, umask_line: str) -> Session:
     for d in (sessions, sessions / "sessions"):
         if d.is_dir():
             d.chmod(0o755)  # as if made earlier under a lax umask: hpclab must tighten it
-    with login_files_with(umask_line), process_umask(0o022):
-        assert login_shell_umask() == "0" + umask_line.split()[1], "the login files did not set the umask"
-        info = tool.json("up", "testcluster", "--transport", transport, "--detach", "--no-browser")
-        s = Session(tool, info, json.loads((session_dir(info["id"]) / "rendezvous.json").read_text()))
-        r = request(s.port, "/api/kernels", method="POST", headers=auth(s.token), body='{"name": "python3"}')
-        assert r.status == 201, r
-        s.kernel = json.loads(r.body)["id"]
-        runtime = s.rdv["runtime_dir"]
-        wait_for(lambda: tcx(s.node, ["sh", "-c", f"ls {runtime}/kernel-{s.kernel}*ipc* 2>/dev/null"],
-                             check=False).stdout.strip(), 30, what="the kernel's ipc sockets")
-        s.cluster_modes = modes("login", str(sessions), str(sessions / "sessions"), str(session_dir(s.id)))
-        s.node_modes = modes(s.node, runtime)
-        paths = Paths.from_env({**tool.env})
-        s.laptop_modes = local_modes(tool.home, paths.control_dir)
-    return s
+    try:
+        with login_files_with(umask_line), process_umask(0o022):
+            assert login_shell_umask() == "0" + umask_line.split()[1], "the login files did not set the umask"
+            info = tool.json("up", "testcluster", "--transport", transport, "--detach", "--no-browser")
+            s = Session(tool, info, json.loads((session_dir(info["id"]) / "rendezvous.json").read_text()))
+            r = request(s.port, "/api/kernels", method="POST", headers=auth(s.token), body='{"name": "python3"}')
+            assert r.status == 201, r
+            s.kernel = json.loads(r.body)["id"]
+            runtime = s.rdv["runtime_dir"]
+            wait_for(lambda: tcx(s.node, ["sh", "-c", f"ls {runtime}/kernel-{s.kernel}*ipc* 2>/dev/null"],
+                                 check=False).stdout.strip(), 30, what="the kernel's ipc sockets")
+            s.cluster_modes = {**modes("login", str(sessions), str(sessions / "sessions"), below=False),
+                               **modes("login", str(session_dir(s.id)))}
+            s.node_modes = modes(s.node, runtime)
+            paths = Paths.from_env({**tool.env})
+            s.laptop_modes = local_modes(tool.home, paths.control_dir)
+        return s
+    finally:
+        for d in (sessions, sessions / "sessions"):  # in case up failed before tightening them
+            if d.is_dir():
+                d.chmod(0o700)
 
 
 @pytest.fixture(scope="class")
@@ -414,6 +420,8 @@ def check_files_are_private(s: Session, transport: str) -> None:
     sdir = str(session_dir(s.id))
     expected = {f"{sdir}/{n}" for n in ("token", "job.sh", "job.out", "job.err", "rendezvous.json", "started")}
     assert expected <= set(s.cluster_modes), sorted(s.cluster_modes)
+    top = f"/home/{user()}/.hpclab"
+    assert s.cluster_modes[top] == s.cluster_modes[f"{top}/sessions"] == ("d", 0o700)  # were 0755 before up
     assert not_private(s.cluster_modes) == []
     runtime = s.rdv["runtime_dir"]
     assert s.node_modes[runtime] == ("d", 0o700)
@@ -822,7 +830,7 @@ def test_new_session_new_token_and_stop_removes_every_trace(tool: Hpclab) -> Non
     ("flag", "mem", "4G$(touch /tmp/{m})"),
     ("flag", "gpus", "1 && touch /tmp/{m}"),
     ("profile", "host", "-oProxyCommand=touch /tmp/{m}"),
-    ("profile", "ssh_options", ["-oProxyCommand=touch /tmp/{m}", "-oPermitLocalCommand=yes"]),
+    ("profile", "ssh_options", ["-oPermitLocalCommand=yes", "-oLocalCommand=touch /tmp/{m}"]),
 ])
 def test_hostile_values_are_refused_before_any_connection(tool: Hpclab, where: str, key: str, value: Any) -> None:
     mark = "owned-" + secrets.token_hex(4)
