@@ -854,14 +854,14 @@ def test_hostile_notebook_dir_env_and_directive_are_data(tool: Hpclab) -> None:
     top = f"sec-nb-{secrets.token_hex(4)}"
     where = Path("/home") / user() / top / odd
     inside = f"inside-{mark}.txt"
-    tcx("login", as_user(user(), ["mkdir", "-p", str(where)]))
-    tcx("login", as_user(user(), ["touch", str(where / inside)]))
     value = f"$(touch /tmp/{mark}) `touch /tmp/{mark}` ; touch /tmp/{mark}"
     # sbatch splits a directive at spaces (and refuses the rest): ${IFS} is a space only to a shell
     directive = f"--comment=$(touch${{IFS}}/tmp/{mark})"
     tool.write_config(profile_text(extra_directives=[directive]) +
                       f"env = {{ HPCLAB_TEST_VALUE = {json.dumps(value)} }}\n")
     try:
+        tcx("login", as_user(user(), ["mkdir", "-p", str(where)]))
+        tcx("login", as_user(user(), ["touch", str(where / inside)]))
         info = tool.json("up", "testcluster", "--transport", "socket", "--detach", "--no-browser",
                          "--notebook-dir", f"~/{top}/{odd}")
         token = info["url"].split("token=")[1]
@@ -891,10 +891,11 @@ jupyter_server.__version__ = jupyter_server._version.__version__ = "2.17.0"
 def test_old_server_warning_with_patched_version_string(tool: Hpclab) -> None:
     """The version string is faked (sitecustomize on PYTHONPATH); the server itself is 2.21."""
     d = Path("/home") / user() / f"sec-fakever-{secrets.token_hex(4)}"
-    tcx("login", as_user(user(), ["mkdir", "-p", str(d)]))
-    tcx("login", as_user(user(), ["sh", "-c", 'cat > "$1"', "sh", str(d / "sitecustomize.py")]), input=FAKE_VERSION)
-    tool.write_config(profile_text() + f"env = {{ PYTHONPATH = {json.dumps(str(d))} }}\n")
     try:
+        tcx("login", as_user(user(), ["mkdir", "-p", str(d)]))
+        tcx("login", as_user(user(), ["sh", "-c", 'cat > "$1"', "sh", str(d / "sitecustomize.py")]),
+            input=FAKE_VERSION)
+        tool.write_config(profile_text() + f"env = {{ PYTHONPATH = {json.dumps(str(d))} }}\n")
         proc = tool("up", "testcluster", "--detach", "--no-browser", "--json")
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["jupyter_server"] == "2.17.0"
