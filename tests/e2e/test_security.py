@@ -516,13 +516,16 @@ def check_no_password_change(s: Session) -> None:
     assert not config.exists() or "password" not in config.read_text()
 
 
-def check_token_holder_is_trusted_from_any_origin(s: Session) -> None:
-    """Not a promise, a limit (SECURITY.md): jupyter_server trusts a request that carries the
-    token from any origin. Asserted so that a change upstream is noticed."""
+def check_token_holder_from_a_foreign_origin(s: Session) -> None:
+    """Stock jupyter_server trusts a request that carries the token from any origin (it copies
+    the Origin into Access-Control-Allow-Origin and skips the websocket origin check); the job
+    configures it so that a token holder is origin-checked like everyone else."""
     r = request(s.port, "/api/contents", headers={**auth(s.token), "Origin": "http://evil.example"})
-    assert r.status == 200 and r.header("Access-Control-Allow-Origin") == ["http://evil.example"]
+    assert r.header("Access-Control-Allow-Origin") == []
     channels = f"/api/kernels/{s.kernel}/channels?token={s.token}"
-    assert websocket_status(s.port, channels, origin="http://evil.example") == 101
+    assert websocket_status(s.port, channels, origin="http://evil.example") != 101
+    own = f"http://127.0.0.1:{s.port}"
+    assert websocket_status(s.port, channels, origin=own) == 101  # the lab's own page still works
 
 
 def check_loopback_forward(s: Session) -> None:
@@ -572,8 +575,8 @@ class TestSocketSession:
         check_tunnel_refuses(sock)
         check_no_password_change(sock)
 
-    def test_token_holder_is_trusted_from_any_origin_by_jupyter_server(self, sock: Session) -> None:
-        check_token_holder_is_trusted_from_any_origin(sock)
+    def test_token_holder_from_a_foreign_origin_is_refused(self, sock: Session) -> None:
+        check_token_holder_from_a_foreign_origin(sock)
 
     def test_local_forward_is_loopback_only(self, sock: Session) -> None:
         """Promise 7: GatewayPorts yes in the user's ssh config does not widen the forward."""
@@ -604,6 +607,9 @@ class TestTcpSession:
         """Promise 6 through a tcp-mode tunnel."""
         check_tunnel_refuses(tcp)
         check_no_password_change(tcp)
+
+    def test_token_holder_from_a_foreign_origin_is_refused(self, tcp: Session) -> None:
+        check_token_holder_from_a_foreign_origin(tcp)
 
     def test_local_forward_is_loopback_only(self, tcp: Session) -> None:
         """Promise 7: GatewayPorts yes in the user's ssh config does not widen the forward."""

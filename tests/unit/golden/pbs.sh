@@ -44,6 +44,24 @@ hpclab_runtime=$(mktemp -d "${TMPDIR:-/tmp}/hpclab-$HPCLAB_SESSION.XXXXXX") || e
 trap hpclab_end EXIT
 export JUPYTER_RUNTIME_DIR="$hpclab_runtime"
 export JUPYTER_TOKEN_FILE="$HPCLAB_DIR/token"
+# Origin checks for token holders too: by default jupyter_server serves any web page that
+# presents the token, and allows it to read the answers (Access-Control-Allow-Origin). A request
+# whose Origin is not the lab's own now gets 404 and no such header. (allow_origin_pat would
+# make preflight answers allow every origin.) Loaded besides the user's own config files,
+# which still apply; the command line below wins over both.
+mkdir "$hpclab_runtime/config"
+cat > "$hpclab_runtime/config/jupyter_server_config.py" <<'HPCLAB_CONFIG'
+from jupyter_server.auth.identity import PasswordIdentityProvider
+
+
+class HpclabIdentityProvider(PasswordIdentityProvider):
+    def should_check_origin(self, handler):
+        return True
+
+
+c.ServerApp.identity_provider_class = HpclabIdentityProvider
+HPCLAB_CONFIG
+export JUPYTER_CONFIG_PATH="$hpclab_runtime/config${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"
 hpclab_write started "$(hostname)"
 ( sleep 5310 && kill -USR1 $$ ) >/dev/null 2>&1 &
 hpclab_timer=$!
