@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -34,8 +35,8 @@ def auths() -> int:
 
 
 def ssh(*argv: str, input: str | None = None) -> str:
-    return subprocess.run(["ssh", "-F", SSH_CONFIG, LOGIN, *argv], input=input, capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(["ssh", "-F", SSH_CONFIG, LOGIN, shlex.join(argv)], input=input, capture_output=True,
+                          text=True, check=True).stdout
 
 
 def http_ok(port: int, token: str) -> bool:
