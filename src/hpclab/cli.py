@@ -182,9 +182,9 @@ def _cmd_up(args: argparse.Namespace, console: Console) -> int:
                                  f"stop it with: hpclab stop {rec.id}")
                 return ExitCode.OK
             console.info(f"press Ctrl-C to stop the session; job {rec.job_id} will be cancelled")
-            session.Watch(rec, launch.cluster, store, report=console.status,
+            session.Watch(rec, launch.cluster, report=console.status,
                           warnings=profile.walltime_warnings).run()
-    except (KeyboardInterrupt, Interrupted, HpclabError, Exception) as exc:
+    except (KeyboardInterrupt, Exception) as exc:  # every way out goes through cleanup
         with shielded(console):
             if isinstance(exc, (KeyboardInterrupt, Interrupted)):
                 console.info("stopping: cancelling the job and removing the session's files")
@@ -248,15 +248,13 @@ def _cmd_attach(args: argparse.Namespace, console: Console) -> int:
             if args.detach:
                 return ExitCode.OK
             console.info(f"press Ctrl-C to close the tunnel; the session keeps running (hpclab stop {rec.id} ends it)")
-            session.Watch(rec, cluster, store, report=console.status, warnings=walltime).run()
+            session.Watch(rec, cluster, report=console.status, warnings=walltime).run()
         except (KeyboardInterrupt, Interrupted):
             with shielded(console):
                 session.tunnel_for(cluster, rec).close()
                 cluster.close()
             console.info(f"tunnel closed; session {rec.id} keeps running")
             return ExitCode.OK
-        except HpclabError:
-            raise
     return ExitCode.OK
 
 

@@ -60,11 +60,6 @@ class Paths:
     def lock_file(self) -> Path:
         return self.state_dir / "lock"
 
-    @property
-    def log_dir(self) -> Path:
-        return self.state_dir / "log"
-
-
 def private_dir(path: Path) -> Path:
     """Create `path` (and parents) as 0700 whatever the umask, and refuse a directory we
     do not own or that others can write: a control socket or token there would not be ours."""

@@ -180,17 +180,6 @@ class SshRemote:
                 stdin=subprocess.DEVNULL, capture_output=True, start_new_session=True, timeout=10,
             )
 
-    def master_pid(self) -> int | None:
-        proc = subprocess.run(
-            [*self._base(), "-O", "check", "--", self.host],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, start_new_session=True, timeout=10,
-        )
-        # "Master running (pid=1234)"
-        text = proc.stderr + proc.stdout
-        if "pid=" in text:
-            return int(text.split("pid=")[1].split(")")[0])
-        return None
-
     def __enter__(self) -> SshRemote:
         return self
 

@@ -352,8 +352,6 @@ class Launch:
         try:
             out = self.cluster.login.shell(submit, rec.id, input=self._token + "\n" + script, what="submit")
         except RemoteError as exc:
-            if isinstance(exc, ConnectError):
-                raise
             raise SchedulerError(
                 f"{sched.title} refused the job",
                 hint=(exc.stderr.strip() or exc.stdout.strip())[-800:] or None,
@@ -518,13 +516,12 @@ class Watch:
     """Keeps a running session healthy while `up`/`attach` is in the foreground: probes the
     lab through the tunnel, re-opens master and forward when they die, watches the job."""
 
-    def __init__(self, rec: SessionRecord, cluster: Cluster, store: Store, *, report: Report = _quiet,
+    def __init__(self, rec: SessionRecord, cluster: Cluster, *, report: Report = _quiet,
                  warnings: tuple[int, ...] = (600, 120), clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  lab_probe: Callable[[int, str], int | None] = probe) -> None:
         self.rec = rec
         self.cluster = cluster
-        self.store = store
         self.report = report
         self.warn_at = sorted(warnings, reverse=True)
         self.clock = clock

@@ -51,13 +51,6 @@ class SessionRecord:
             return None
         return f"http://127.0.0.1:{self.local_port}/lab?token={self.token}"
 
-    def public(self) -> dict[str, Any]:
-        """The record without its secret, for listings and logs."""
-        data = asdict(self)
-        data.pop("token")
-        return data
-
-
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
     """Bring an older record up to VERSION. v1 had 'remote_port' and no 'version' key."""
     version = int(data.get("version", 1))

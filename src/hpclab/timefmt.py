@@ -53,14 +53,6 @@ def parse_walltime(text: str | int) -> int:
     return seconds
 
 
-def clock(seconds: int) -> str:
-    """Seconds as [D-]HH:MM:SS, the form every scheduler accepts or can be given."""
-    days, rest = divmod(max(0, int(seconds)), 86400)
-    h, rest = divmod(rest, 3600)
-    m, s = divmod(rest, 60)
-    return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
-
-
 def human(seconds: float) -> str:
     """Short form for status lines: '45s', '12m', '1h05m', '2d03h'."""
     s = max(0, int(seconds))

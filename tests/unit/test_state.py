@@ -59,11 +59,6 @@ def test_save_load_roundtrip_private_whatever_the_umask(tmp_path: Path) -> None:
     assert not [p for p in store.paths.sessions_dir.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
-def test_public_view_has_no_token() -> None:
-    assert "token" not in record().public()
-    assert "secret-0" not in json.dumps(record().public())
-
-
 def test_migrates_version_1(tmp_path: Path) -> None:
     store = Store(paths(tmp_path))
     store.paths.sessions_dir.mkdir(parents=True)

@@ -63,7 +63,7 @@ class FakeCluster:
 def watch(cluster: FakeCluster, clock: Clock, reports: list[tuple[str, str]]) -> Watch:
     rec = SessionRecord(id="s1", profile="p", host="login", ssh_options=[], scheduler="slurm", job_id="7",
                         node="node1", local_port=1, token="t")
-    return Watch(rec, cluster, None, report=lambda p, d: reports.append((p, d)),  # type: ignore[arg-type]
+    return Watch(rec, cluster, report=lambda p, d: reports.append((p, d)),  # type: ignore[arg-type]
                  warnings=(600, 120), clock=clock, sleep=clock.sleep, lab_probe=lambda port, token: 200)
 
 
