@@ -233,7 +233,10 @@ def _cmd_attach(args: argparse.Namespace, console: Console) -> int:
         rec = _discover(args, paths, store, console)
     mask(rec.token)
     cluster = session.Cluster.for_record(rec, paths)
-    walltime = profiles.Profile(name=rec.profile, host=rec.host).walltime_warnings
+    try:
+        walltime = profiles.resolve(rec.profile, paths.config_file).walltime_warnings
+    except ConfigError:  # attaching works without the profile; its warnings fall back to the defaults
+        walltime = profiles.Profile(name=rec.profile, host=rec.host).walltime_warnings
     with interruptible():
         try:
             rec = session.reattach(rec, cluster, store, report=console.status)
