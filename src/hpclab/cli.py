@@ -195,6 +195,9 @@ def _cmd_up(args: argparse.Namespace, console: Console) -> int:
                 console.error(f"the job may still exist: check with `hpclab list` and `hpclab stop {rec.id}`")
             else:
                 _close_master_if_unused(launch.cluster, store)
+                if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+                    job = f"job {rec.job_id} cancelled, " if rec.job_id else ""
+                    raise Interrupted(f"stopped: {job}session {rec.id} removed") from None
         if isinstance(exc, KeyboardInterrupt):
             raise Interrupted("interrupted") from None
         raise
@@ -510,6 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError as exc:
                 raise ConfigError(f"bad --max-wait {args.max_wait!r}", hint=str(exc)) from None
         return int(args.func(args, console))
+    except Interrupted as exc:
+        console.info(exc.message)
+        return exc.exit_code
     except HpclabError as exc:
         if args.debug:
             log.debug("traceback", exc_info=True)

@@ -56,8 +56,10 @@ class Console:
     def status(self, phase: str, detail: str) -> None:
         """A progress update: rewrites one line on a terminal, prints a line otherwise.
         Periodic "tick" updates (time left) only show on a terminal."""
-        if phase == "tick" and not self.live:
-            return
+        if phase == "tick":
+            if not self.live:
+                return
+            phase = "running"
         text = f"{phase:<10} {detail}"
         if self.live:
             self.err.write("\r\x1b[K" + self._paint("hpclab", "1") + " " + text)
