@@ -180,6 +180,12 @@ def session_dirs(user: str) -> list[str]:
     return out.split()
 
 
+def accepted(host: str, user: str) -> int:
+    """How many public-key logins of `user` the sshd of `host` has logged (LogLevel VERBOSE)."""
+    with open(f"{tc('HPCLAB_TC_DIR')}/log/sshd-{host}.log") as fh:
+        return sum(1 for line in fh if f"Accepted publickey for {user} " in line)
+
+
 def janitor() -> None:
     """Cancel every job of the test users and remove their session directories, so that one
     test's leftovers (a test that failed halfway) cannot fail the next one's checks."""

@@ -8,7 +8,7 @@ import signal
 from collections.abc import Iterator
 
 import pytest
-from lab import Hpclab, hpclab, run_cell, tc, tcx, wait_for
+from lab import Hpclab, hpclab, run_cell, session_dirs, tc, tcx, wait_for
 
 __all__ = ["hpclab"]
 
@@ -19,11 +19,6 @@ def sge_jobs(user: str) -> list[str]:
     """Grid Engine job ids of `user`, asked as root on the login node."""
     out = tcx("login", ["qstat", "-u", user]).stdout.splitlines()[2:]
     return [line.split()[0] for line in out if line.strip()]
-
-
-def session_dirs(user: str) -> list[str]:
-    out = tcx("login", ["sh", "-c", f"ls -A /home/{user}/.hpclab/sessions 2>/dev/null || true"]).stdout
-    return out.split()
 
 
 def node_jobs(user: str, session: str, node: str = "node1") -> list[str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab import Hpclab, profile_text, run_cell, tc, tcx, wait_for
+from lab import Hpclab, accepted, profile_text, run_cell, tc, tcx, wait_for
 
 from hpclab.paths import Paths
 
@@ -111,11 +111,6 @@ def as_user(name: str, argv: list[str]) -> list[str]:
     return ["setpriv", f"--reuid={name}", f"--regid={name}", "--init-groups", "--reset-env", "--",
             "env", f"HOME=/home/{name}", f"USER={name}", "PATH=/usr/local/bin:/usr/bin:/bin",
             "sh", "-c", 'cd "$HOME" && exec "$@"', "sh", *argv]
-
-
-def accepted(host: str, name: str) -> int:
-    with open(f"{tc('HPCLAB_TC_DIR')}/log/sshd-{host}.log") as fh:
-        return sum(1 for line in fh if f"Accepted publickey for {name} " in line)
 
 
 def session_dir(session_id: str, name: str | None = None) -> Path:

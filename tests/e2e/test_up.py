@@ -7,17 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from lab import Hpclab, hpclab, profile_text, run_cell, session_dirs, tc, tcx, user_jobs, wait_for
+from lab import Hpclab, accepted, hpclab, profile_text, run_cell, session_dirs, tc, tcx, user_jobs, wait_for
 
 __all__ = ["hpclab"]
 
 NODES = ("node1", "node2")
-
-
-def accepted(host: str, user: str) -> int:
-    path = f"{tc('HPCLAB_TC_DIR')}/log/sshd-{host}.log"
-    with open(path) as fh:
-        return sum(1 for line in fh if f"Accepted publickey for {user} " in line)
 
 
 def hold_nodes() -> str:
