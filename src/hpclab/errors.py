@@ -66,6 +66,10 @@ class SchedulerError(RemoteError):
     exit_code = ExitCode.SCHEDULER
 
 
+class ProtocolError(HpclabError):
+    """A file the job wrote on the cluster is not what this version of hpclab reads."""
+
+
 class JobFailedError(HpclabError):
     exit_code = ExitCode.JOB_FAILED
 

@@ -8,18 +8,14 @@ session directory, which hpclab reads. Jupyter's log is never parsed.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
 from .schedulers import JobSpec, Scheduler
-
-SESSIONS_DIR = ".hpclab/sessions"  # relative to $HOME on the cluster
-
-
-def session_dir(session_id: str) -> str:
-    return f"{SESSIONS_DIR}/{session_id}"
+from .sessiondir import RENDEZVOUS_VERSION, SessionDir
 
 
 @dataclass(frozen=True)
@@ -81,6 +77,19 @@ hpclab_reason=exited
 hpclab_write() {{  # atomic: readers see the whole file or none
   printf '%s\n' "$2" > "$HPCLAB_DIR/.$1.tmp" 2>/dev/null && mv -f "$HPCLAB_DIR/.$1.tmp" "$HPCLAB_DIR/$1" 2>/dev/null
 }}
+hpclab_json() {{  # $1 as a JSON string, whatever it holds (a host name, $TMPDIR, a user name)
+  local s=$1 out= c i
+  for (( i = 0; i < ${{#s}}; i++ )); do
+    c=${{s:i:1}}
+    case $c in
+      \\) out+='\\' ;;
+      \") out+='\"' ;;
+      [[:cntrl:]]) printf -v c '\\u%04x' "'$c"; out+=$c ;;
+      *) out+=$c ;;
+    esac
+  done
+  printf '"%s"' "$out"
+}}
 hpclab_stop() {{
   hpclab_reason=$1
   if [ -n "$hpclab_pid" ]; then kill -TERM "$hpclab_pid" 2>/dev/null; else exit "$2"; fi
@@ -90,7 +99,7 @@ hpclab_end() {{
   trap - ERR
   if [ -n "$hpclab_timer" ]; then kill "$hpclab_timer" 2>/dev/null; fi
   rm -rf "$hpclab_runtime"
-  hpclab_write ended.json "{{\"reason\": \"$hpclab_reason\", \"exit_code\": $hpclab_rc}}"
+  hpclab_write {ended} "{{\"reason\": \"$hpclab_reason\", \"exit_code\": $hpclab_rc}}"
 }}
 trap 'hpclab_stop timelimit 0' USR1
 trap 'hpclab_stop cancelled 143' TERM
@@ -100,7 +109,7 @@ trap 'hpclab_stop cancelled 129' HUP
 hpclab_runtime=$(mktemp -d "${{TMPDIR:-/tmp}}/hpclab-$HPCLAB_SESSION.XXXXXX") || exit 1
 trap hpclab_end EXIT
 export JUPYTER_RUNTIME_DIR="$hpclab_runtime"
-export JUPYTER_TOKEN_FILE="$HPCLAB_DIR/token"
+export JUPYTER_TOKEN_FILE="$HPCLAB_DIR/{token}"
 # Origin checks for token holders too: by default jupyter_server serves any web page that
 # presents the token, and allows it to read the answers (Access-Control-Allow-Origin). A request
 # whose Origin is not the lab's own now gets 404 and no such header. (allow_origin_pat would
@@ -119,7 +128,7 @@ class HpclabIdentityProvider(PasswordIdentityProvider):
 c.ServerApp.identity_provider_class = HpclabIdentityProvider
 HPCLAB_CONFIG
 export JUPYTER_CONFIG_PATH="$hpclab_runtime/config${{JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}}"
-hpclab_write started "$(hostname)"
+hpclab_write {started} "$(hostname)"
 {timer}{env}
 # --- setup lines from the profile ---
 trap 'echo "hpclab: a setup line failed with status $?: $BASH_COMMAND" >&2' ERR
@@ -156,7 +165,7 @@ while [ -z "$hpclab_version" ]; do
     hpclab_port=$(sed -n 's/^ *"port": *\([0-9]*\).*/\1/p' "$hpclab_info")
   done
 done
-hpclab_write rendezvous.json "{{\"version\": 1, \"session\": \"$HPCLAB_SESSION\", \"job_id\": \"$HPCLAB_JOB_ID\", \"node\": \"$(hostname)\", \"user\": \"$(id -un)\", \"transport\": \"$hpclab_mode\", \"address\": \"$hpclab_addr\", \"port\": ${{hpclab_port:-0}}, \"socket\": \"$hpclab_sock\", \"pid\": $hpclab_pid, \"runtime_dir\": \"$hpclab_runtime\", \"jupyter_server\": \"$hpclab_version\"}}"
+hpclab_write {rendezvous} "{{\"version\": {version}, \"session\": \"$HPCLAB_SESSION\", \"job_id\": $(hpclab_json "$HPCLAB_JOB_ID"), \"node\": $(hpclab_json "$(hostname)"), \"user\": $(hpclab_json "$(id -un)"), \"transport\": \"$hpclab_mode\", \"address\": $(hpclab_json "$hpclab_addr"), \"port\": ${{hpclab_port:-0}}, \"socket\": $(hpclab_json "$hpclab_sock"), \"pid\": $hpclab_pid, \"runtime_dir\": $(hpclab_json "$hpclab_runtime"), \"jupyter_server\": $(hpclab_json "$hpclab_version")}}"
 
 while :; do
   wait "$hpclab_pid"; hpclab_rc=$?
@@ -183,7 +192,7 @@ hpclab_listen=(--ServerApp.ip="$hpclab_addr" --ServerApp.port=0 --ServerApp.port
 LISTEN_AUTO = """hpclab_mode=tcp
 hpclab_i=0
 while [ "$hpclab_i" -lt 600 ]; do
-  if [ -s "$HPCLAB_DIR/listen" ]; then hpclab_mode=$(cat "$HPCLAB_DIR/listen"); break; fi
+  if [ -s "$HPCLAB_DIR/{listen}" ]; then hpclab_mode=$(cat "$HPCLAB_DIR/{listen}"); break; fi
   sleep 0.1 2>/dev/null || sleep 1
   hpclab_i=$((hpclab_i + 1))
 done
@@ -201,11 +210,13 @@ hpclab_timer=$!
 
 def render(scheduler: Scheduler, spec: JobSpec, opts: JobOptions, template: str | None = None) -> str:
     """The whole job script for `scheduler`. `template`, if given, is a site's own script
-    with `{directives}` and `{body}` placeholders (and nothing else in braces)."""
+    with a `{body}` placeholder and, usually, `{directives}`; other braces (bash's ${VAR},
+    functions) are left as they are."""
+    sdir = SessionDir(opts.session_id)
     listen = {
         "socket": LISTEN_SOCKET,
         "tcp": LISTEN_TCP,
-        "auto": LISTEN_AUTO.format(socket=_indent(LISTEN_SOCKET), tcp=_indent(LISTEN_TCP)),
+        "auto": LISTEN_AUTO.format(socket=_indent(LISTEN_SOCKET), tcp=_indent(LISTEN_TCP), listen=sdir.listen),
     }[opts.transport]
     timer = ""
     if not scheduler.signals_before_end:
@@ -213,7 +224,12 @@ def render(scheduler: Scheduler, spec: JobSpec, opts: JobOptions, template: str 
     env = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in opts.env)
     body = BODY.format(
         session_id=opts.session_id,
-        session_dir=session_dir(opts.session_id),
+        session_dir=sdir.path,
+        token=sdir.token,
+        started=sdir.started,
+        rendezvous=sdir.rendezvous,
+        ended=sdir.ended,
+        version=RENDEZVOUS_VERSION,
         job_id_var=scheduler.job_id_var,
         timer=timer,
         env=env,
@@ -225,13 +241,12 @@ def render(scheduler: Scheduler, spec: JobSpec, opts: JobOptions, template: str 
     directives = "\n".join(scheduler.directives(spec))
     if template is None:
         return f"#!/bin/bash\n{directives}\n{body}"
-    try:
-        return template.format(directives=directives, body=body)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"the job script template cannot be filled: {exc!r}",
-            hint="a template may use only {directives} and {body}; write other braces as {{ and }}",
-        ) from None
+    if "{body}" not in template:
+        raise ConfigError("the job script template has no {body} placeholder",
+                          hint="put {body} where hpclab's part of the script goes, and {directives} "
+                               "where the scheduler directives go")
+    # One pass, so that a {directives} inside the body or the directives is not replaced again.
+    return re.sub(r"\{(directives|body)\}", lambda m: directives if m.group(1) == "directives" else body, template)
 
 
 def _indent(text: str) -> str:

@@ -1,4 +1,7 @@
-"""How commands reach the cluster: the system OpenSSH client, one ControlMaster per host.
+"""How commands reach the cluster: a Remote. SshRemote is the real one: the system OpenSSH
+client, one ControlMaster per host. LocalRemote runs the same commands with `sh -c` on this
+machine, in a directory that plays $HOME: the use cases run through it in unit tests, as an
+ordinary user, without a cluster.
 
 The master is the one authentication of a session (the user's ~/.ssh/config, agent, jump
 hosts, Kerberos and 2FA prompts all work because this is plain `ssh`). Every later command,
@@ -12,17 +15,21 @@ scripts travel on stdin, never in a command line.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import logging
 import os
 import shlex
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ConnectError, RemoteError
 from .paths import private_dir
@@ -95,7 +102,54 @@ def _classify(host: str, stderr: str) -> ConnectError:
     return ConnectError(f"ssh to {host} failed", hint=text[-500:] or None)
 
 
-class SshRemote:
+class Remote(abc.ABC):
+    """Commands on one host. The constructor only stores; `connect()` (or first use) opens
+    the connection; `close()` ends it and its forwards."""
+
+    host: str
+    counters: Counters
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Open the connection unless it is open. Raises ConnectError with what went wrong."""
+
+    @abc.abstractmethod
+    def alive(self) -> bool: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def run(self, argv: Sequence[str], *, input: str | None = None, check: bool = True,
+            timeout: float | None = 120, what: str | None = None) -> Completed:
+        """Run `argv` on the host (quoted once, here). Raises ConnectError when the connection
+        failed, RemoteError when the command failed and `check` is set."""
+
+    @abc.abstractmethod
+    def forward(self, spec: str) -> None:
+        """Add a local forward `127.0.0.1:PORT:TARGET` (TARGET "host:port" or a socket path)."""
+
+    @abc.abstractmethod
+    def cancel_forward(self, spec: str) -> None: ...
+
+    @abc.abstractmethod
+    def hop(self, dest: str) -> Remote:
+        """A Remote for `dest` reached through this host (a compute node behind the login node)."""
+
+    def shell(self, script: str, *args: str, **kw: Any) -> Completed:
+        """Run a POSIX sh `script` with positional `args`. The script must be one line and
+        free of '!' so that csh-family login shells pass it through unchanged."""
+        assert "\n" not in script and "!" not in script, script
+        return self.run(["sh", "-c", script, "hpclab", *args], **kw)
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SshRemote(Remote):
     """Commands on one SSH destination through a ControlMaster.
 
     The constructor only stores; `connect()` (or first use) opens the master; `close()`
@@ -180,11 +234,8 @@ class SshRemote:
                 stdin=subprocess.DEVNULL, capture_output=True, start_new_session=True, timeout=10,
             )
 
-    def __enter__(self) -> SshRemote:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def hop(self, dest: str) -> SshRemote:
+        return SshRemote(dest, self.ssh_options, self.control_dir, via=self)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -229,12 +280,6 @@ class SshRemote:
             )
         return result
 
-    def shell(self, script: str, *args: str, **kw: object) -> Completed:
-        """Run a POSIX sh `script` with positional `args`. The script must be one line and
-        free of '!' so that csh-family login shells pass it through unchanged."""
-        assert "\n" not in script and "!" not in script, script
-        return self.run(["sh", "-c", script, "hpclab", *args], **kw)  # type: ignore[arg-type]
-
     # -- forwards ----------------------------------------------------------------------
 
     def forward(self, spec: str) -> None:
@@ -254,3 +299,120 @@ class SshRemote:
                 f"could not {op} the forward {spec} on the connection to {self.host}",
                 hint=proc.stderr.strip() or None,
             )
+
+
+class LocalRemote(Remote):
+    """The same commands on this machine: `sh -c COMMAND` with HOME set to `home`, run from
+    there, as SshRemote's login shell would. Forwards are relay threads in this process.
+    `hop()` returns another LocalRemote on the same home: "the node" is this machine too.
+    For tests and for trying hpclab without a cluster; it authenticates nobody."""
+
+    def __init__(self, home: Path, host: str = "localhost", *, env: dict[str, str] | None = None,
+                 counters: Counters | None = None) -> None:
+        self.home = home
+        self.host = host
+        self.env = env
+        self.counters = counters or Counters()
+        self._open = False
+        self._forwards: dict[str, _Relay] = {}
+
+    def connect(self) -> None:
+        if not self._open:
+            self._open = True
+            self.counters.connects += 1
+
+    def alive(self) -> bool:
+        return self._open
+
+    def close(self) -> None:
+        for spec in list(self._forwards):
+            self.cancel_forward(spec)
+        self._open = False
+
+    def run(self, argv: Sequence[str], *, input: str | None = None, check: bool = True,
+            timeout: float | None = 120, what: str | None = None) -> Completed:
+        self.connect()
+        command = shlex.join(argv)
+        env = dict(self.env if self.env is not None else os.environ, HOME=str(self.home))
+        self.counters.commands += 1
+        log.debug("run locally: %s", command if len(command) < 400 else command[:400] + "...")
+        try:
+            proc = subprocess.run(["sh", "-c", command], input=input if input is not None else "",
+                                  capture_output=True, text=True, timeout=timeout, cwd=self.home, env=env,
+                                  start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(f"{what or argv[0]} on {self.host} did not answer in {timeout:.0f} s") from None
+        if check and proc.returncode != 0:
+            raise RemoteError(f"{what or argv[0]} exited {proc.returncode} on {self.host}",
+                              hint=proc.stderr.strip()[-800:] or None, returncode=proc.returncode,
+                              stdout=proc.stdout, stderr=proc.stderr)
+        return Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+    def forward(self, spec: str) -> None:
+        self.connect()
+        bind, _, target = spec.partition(":")[2].partition(":")
+        if spec in self._forwards:
+            raise RemoteError(f"could not forward the forward {spec} on the connection to {self.host}",
+                              hint="the forward exists already")
+        try:
+            self._forwards[spec] = _Relay(int(bind), target)
+        except OSError as exc:
+            raise RemoteError(f"could not forward the forward {spec} on the connection to {self.host}",
+                              hint=str(exc)) from None
+
+    def cancel_forward(self, spec: str) -> None:
+        relay = self._forwards.pop(spec, None)
+        if relay is not None:
+            relay.close()
+
+    def hop(self, dest: str) -> LocalRemote:
+        return LocalRemote(self.home, dest, env=self.env, counters=self.counters)
+
+
+class _Relay:
+    """127.0.0.1:port relayed to "host:port" or a unix socket path, one thread per direction."""
+
+    def __init__(self, port: int, target: str) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _connect(self) -> socket.socket:
+        if self.target.startswith("/"):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(self.target)
+            return s
+        host, _, port = self.target.rpartition(":")
+        return socket.create_connection((host, int(port)))
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = self._connect()
+            except OSError:
+                client.close()  # as ssh does: accept, then drop when the target refuses
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)

@@ -1,5 +1,10 @@
-"""Session records on the laptop: one versioned JSON file per session, written atomically,
-read and changed under one lock so concurrent hpclab commands do not lose updates."""
+"""Session records on the laptop: one versioned JSON file per session.
+
+Every write is atomic (a reader sees a whole record or none) and happens under one lock, so
+writes and deletes of concurrent hpclab commands never interleave. `update()` re-reads the
+record under that lock and changes only the fields it is given, so two commands that change
+different fields of one session (a foreground `up` and an `attach`) lose neither change.
+Older record versions are migrated on read."""
 
 from __future__ import annotations
 
@@ -8,16 +13,25 @@ import fcntl
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .paths import Paths, private_dir, write_private
 
 log = logging.getLogger(__name__)
 
 VERSION = 2
+_RECORD_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def lab_url(port: int, token: str | None = None) -> str:
+    """The lab's address through the local forward; with the token when given. The one place
+    that spells it."""
+    return f"http://127.0.0.1:{port}/lab" + (f"?token={token}" if token else "")
 
 
 @dataclass
@@ -31,7 +45,6 @@ class SessionRecord:
     state: str = "submitting"
     transport: str = "auto"
     node: str | None = None
-    user: str | None = None
     address: str | None = None
     port: int | None = None
     socket: str | None = None
@@ -40,16 +53,12 @@ class SessionRecord:
     created: float = 0.0
     time_limit: int | None = None
     started: float | None = None  # when the job was seen running (epoch seconds)
-    detached: bool = False
     jupyter_server: str | None = None
-    ended_reason: str | None = None
     version: int = VERSION
 
     @property
     def url(self) -> str | None:
-        if not self.local_port:
-            return None
-        return f"http://127.0.0.1:{self.local_port}/lab?token={self.token}"
+        return lab_url(self.local_port, self.token) if self.local_port else None
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
     """Bring an older record up to VERSION. v1 had 'remote_port' and no 'version' key."""
@@ -62,9 +71,15 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in known}
 
 
-class CorruptRecord(Exception):
+class CorruptRecord(ConfigError):
+    """A session record hpclab cannot read; `list` skips it with a warning, other commands stop."""
+
     def __init__(self, path: Path, why: str) -> None:
-        super().__init__(f"{path}: {why}")
+        super().__init__(
+            f"unreadable session record {path}: {why}",
+            hint=f"if that session is gone, remove the file (rm {path}); `hpclab cleanup` finds its job "
+            "on the cluster",
+        )
         self.path = path
         self.why = why
 
@@ -97,7 +112,21 @@ class Store:
         with self.lock():
             write_private(self.path(record.id), json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
 
+    def update(self, session_id: str, **changes: Any) -> SessionRecord | None:
+        """Change some fields of a stored record, re-read under the lock; None if it is gone."""
+        with self.lock():
+            record = self.load(session_id)
+            if record is None:
+                return None
+            for key, value in changes.items():
+                setattr(record, key, value)
+            write_private(self.path(record.id), json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
+            return record
+
     def load(self, session_id: str) -> SessionRecord | None:
+        """The record of `session_id`, or None; CorruptRecord when it cannot be read."""
+        if not _RECORD_NAME.fullmatch(session_id):
+            return None  # never a path to read: "../x" is no session
         path = self.path(session_id)
         try:
             return self._read(path)

@@ -11,10 +11,12 @@ import contextlib
 import http.client
 import logging
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 
-from .remote import SshRemote
+from .errors import HpclabError
+from .remote import Remote
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def wait_ready(port: int, token: str, timeout: float) -> bool:
 class Tunnel:
     """One local forward on `via` (the login master for tcp, the node master for socket)."""
 
-    via: SshRemote
+    via: Remote
     local_port: int
     target: str  # "node:port" or "/path/to/socket"
 
@@ -81,5 +83,6 @@ class Tunnel:
         self.via.forward(self.spec)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
+        """Remove the forward if it is there; a connection that is gone has none to remove."""
+        with contextlib.suppress(HpclabError, OSError, subprocess.SubprocessError):
             self.via.cancel_forward(self.spec)

@@ -1,6 +1,6 @@
-"""How results look: human lines on a terminal (a live status line), plain lines otherwise,
-one JSON object with --json. NO_COLOR is honoured. Secrets registered with `mask` never
-reach a log line."""
+"""How results look: the one renderer. Human lines on a terminal (a live status line), plain
+lines otherwise, JSON with --json (its keys are documented in docs/json.md and pinned by a
+test). NO_COLOR is honoured. Secrets registered with `mask` never reach a log line."""
 
 from __future__ import annotations
 
@@ -9,21 +9,18 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-_SECRETS: set[str] = set()
+from .redact import redact
+from .redact import register as mask
+from .state import SessionRecord, lab_url
+from .units import human
 
+if TYPE_CHECKING:
+    from .launch import Ready
+    from .session import Listing, Orphan, Stopped
 
-def mask(secret: str) -> None:
-    """Register a secret that log output must never show."""
-    if secret:
-        _SECRETS.add(secret)
-
-
-def redact(text: str) -> str:
-    for secret in _SECRETS:
-        text = text.replace(secret, "********")
-    return text
+__all__ = ["Console", "mask", "redact", "setup_logging"]
 
 
 class RedactingFormatter(logging.Formatter):
@@ -108,3 +105,100 @@ class Console:
         for row in lines:
             self.out.write("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
         self.out.flush()
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+def summary(rec: SessionRecord, state: str | None = None) -> dict[str, Any]:
+    """A session as JSON (docs/json.md): the keys every command's session object has."""
+    return {
+        "id": rec.id,
+        "profile": rec.profile,
+        "job_id": rec.job_id,
+        "node": rec.node,
+        "transport": rec.transport,
+        "local_port": rec.local_port,
+        "url": rec.url,
+        "state": state or rec.state,
+        "scheduler": rec.scheduler,
+        "host": rec.host,
+        "jupyter_server": rec.jupyter_server,
+        "started": rec.started,
+        "time_limit": rec.time_limit,
+    }
+
+
+def ready(console: Console, result: Ready, *, json_mode: bool) -> None:
+    """`up`: the lab is ready."""
+    for warning in result.warnings:
+        console.warn(warning)
+    rec = result.record
+    if json_mode:
+        console.json(summary(rec) | {
+            "timings": {k: round(v, 3) for k, v in result.timings.phases.items()},
+            "stats": {"ssh_connects": result.counters.connects, "ssh_commands": result.counters.commands,
+                      "scheduler_queries": result.timings.scheduler_queries},
+        })
+    else:
+        console.result(f"JupyterLab is ready: {rec.url}")
+
+
+def attached(console: Console, rec: SessionRecord, *, json_mode: bool) -> None:
+    if json_mode:
+        console.json(summary(rec))
+    else:
+        console.result(f"JupyterLab is ready: {rec.url}")
+
+
+def listing(console: Console, result: Listing, *, json_mode: bool) -> None:
+    for problem in result.problems:
+        console.warn(problem.message)
+    rows = [summary(r.record, r.state) | {"tunnel": r.tunnel, "time_left": r.time_left} for r in result.rows]
+    if json_mode:
+        console.json(rows)
+    elif not rows:
+        console.info("no sessions")
+    else:
+        console.table(
+            [[r["id"], r["profile"], r["job_id"] or "-", r["state"], r["node"] or "-",
+              human(r["time_left"]) if r["time_left"] is not None else "-", r["tunnel"],
+              lab_url(r["local_port"]) if r["local_port"] else "-"] for r in rows],
+            ["ID", "PROFILE", "JOB", "STATE", "NODE", "LEFT", "TUNNEL", "URL"],
+        )
+
+
+def stopped(console: Console, results: list[Stopped], *, json_mode: bool) -> None:
+    if json_mode:
+        console.json([{"id": r.id, "job_id": r.job_id, "state": r.state} for r in results])
+    else:
+        for r in results:
+            console.info(f"stopped session {r.id} (job {r.job_id})")
+
+
+def cleaned(console: Console, results: list[Orphan], *, json_mode: bool) -> None:
+    if json_mode:
+        console.json([{"profile": o.profile, "id": o.id, "job_id": o.job_id, "cancelled": o.cancelled}
+                      for o in results])
+    elif not results:
+        console.info("no stray hpclab jobs")
+    else:
+        for o in results:
+            if o.cancelled:
+                console.info(f"cancelled job {o.job_id} (session {o.id})")
+            else:
+                console.info(f"left job {o.job_id} (session {o.id}); `hpclab cleanup --yes` cancels it")
+
+
+def url(console: Console, rec: SessionRecord, *, json_mode: bool) -> None:
+    if json_mode:
+        console.json({"id": rec.id, "url": rec.url, "token": rec.token, "local_port": rec.local_port})
+    else:
+        console.result(rec.url or "")
+
+
+def logs(console: Console, sections: list[tuple[str, str]]) -> None:
+    for name, text in sections:
+        if text.strip():
+            console.result(f"==> {name} <==")
+            console.result(text.rstrip())

@@ -5,7 +5,7 @@ the ProxyCommand, the job script) and runs it under real shells on this machine,
 program records the argv or directory it ends up with. No SSH connection is involved: the
 login node's shell does to the command string what `sh -c` does here.
 
-Also here: version strings read back from the cluster (`session.version_tuple`) and the
+Also here: version strings read back from the cluster (`launch.version_tuple`) and the
 warning for an old jupyter_server.
 """
 
@@ -27,14 +27,15 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from hpclab import remote, session
+from hpclab import cluster, launch, remote
 from hpclab.jobscript import JobOptions, render, shell_path
 from hpclab.paths import Paths
 from hpclab.profiles import Profile
-from hpclab.remote import SshRemote
+from hpclab.remote import LocalRemote, SshRemote
 from hpclab.schedulers import JobSpec, get, names
 from hpclab.schedulers.base import guarded
-from hpclab.state import Store
+from hpclab.session import Context
+from hpclab.sessiondir import Rendezvous
 
 POSIX_SHELLS = [str(shutil.which(s)) for s in ("sh", "dash", "bash") if shutil.which(s)]  # absolute: stubs shadow sh
 CSH = shutil.which("tcsh") or shutil.which("csh")
@@ -109,7 +110,7 @@ def test_run_argv_reaches_the_remote_program_unchanged(stubs: Path, args: list[s
 
 def session_scripts() -> dict[str, str]:
     """Every one-line sh script hpclab sends with SshRemote.shell (their names as keys)."""
-    scripts = {k: v for k, v in vars(session).items() if k.isupper() and isinstance(v, str) and "$" in v}
+    scripts = {k: v for k, v in vars(cluster).items() if k.isupper() and isinstance(v, str) and "$" in v}
     if "SUBMIT" in scripts:
         scripts["SUBMIT"] = scripts["SUBMIT"].replace("SUBMIT", get("slurm").submit_shell('"$d/job.sh"'))
     guard = guarded(["squeue", "-h"])
@@ -118,7 +119,8 @@ def session_scripts() -> dict[str, str]:
 
 
 def test_session_scripts_are_found() -> None:
-    assert {"SUBMIT", "POLL", "WRITE_FILE", "REMOVE_DIR", "TAIL", "GUARD"} <= set(session_scripts())
+    found = set(session_scripts())
+    assert {"SUBMIT", "POLL", "WRITE_FILE", "REMOVE_DIR", "TAIL", "DISCOVER", "READ_FILE", "GUARD"} <= found
 
 
 @SETTINGS
@@ -315,18 +317,21 @@ def test_job_script_enters_exactly_the_notebook_dir(jupyter_stub: Path, where: s
     ("unknown", ()),
 ])
 def test_version_tuple(text: str, want: tuple[int, ...]) -> None:
-    assert session.version_tuple(text) == want
+    assert launch.version_tuple(text) == want
 
 
 @given(major=st.integers(0, 30), minor=st.integers(0, 40), patch=st.integers(0, 40),
        suffix=st.sampled_from(["", "rc1", "a2", "b10", ".dev0", ".post3", "+local.7"]))
 def test_version_tuple_orders_like_the_release(major: int, minor: int, patch: int, suffix: str) -> None:
-    got = session.version_tuple(f"{major}.{minor}.{patch}{suffix}")
+    got = launch.version_tuple(f"{major}.{minor}.{patch}{suffix}")
     assert got[:3] == (major, minor, patch)
-    assert (got < session.MIN_JUPYTER_SERVER) == ((major, minor) < session.MIN_JUPYTER_SERVER)
+    assert (got < launch.MIN_JUPYTER_SERVER) == ((major, minor) < launch.MIN_JUPYTER_SERVER)
 
 
 class _NoTunnel:
+    def __init__(self, *args: object) -> None:
+        pass
+
     def open(self) -> None:
         pass
 
@@ -338,16 +343,18 @@ class _NoTunnel:
                                                   ("2.18.0", False), ("2.21.1", False), ("", False)])
 def test_old_jupyter_server_is_flagged_with_how_to_upgrade(tmp_path: Path, version: str, warned: bool) -> None:
     paths = Paths(config_file=tmp_path / "c.toml", state_dir=tmp_path / "state", control_dir=tmp_path / "ctl")
-    launch = session.Launch(Profile(name="p", host="login"), paths, Store(paths))
-    rdv = {"node": "node1", "transport": "tcp", "address": "10.0.0.1", "port": 8888, "jupyter_server": version}
-    with mock.patch.object(session, "tunnel_for", lambda cluster, rec: _NoTunnel()):
-        launch._open_tunnel(rdv)
+    ctx = Context(paths, lambda host, opts: LocalRemote(tmp_path, host))
+    up = launch.Launch(ctx, Profile(name="p", host="login"))
+    rdv = Rendezvous(session=up.record.id, job_id="1", node="node1", user="u", transport="tcp", address="10.0.0.1",
+                     port=8888, socket="", pid=1, runtime_dir="/tmp/r", jupyter_server=version)
+    with mock.patch.object(launch, "Tunnel", _NoTunnel):
+        up._open_tunnel(rdv)
     if warned:
-        (warning,) = launch.warnings
+        (warning,) = up.warnings
         assert f"jupyter_server {version}" in warning and "older than 2.18" in warning
         assert "pip install -U 'jupyter_server>=2.18'" in warning
     else:
-        assert launch.warnings == []
+        assert up.warnings == []
 
 
 def test_shlex_quote_is_the_quoting_used() -> None:

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
+from hpclab.cluster import Snapshot
 from hpclab.errors import ConnectError, JobEndedError, TimeLimitError
 from hpclab.schedulers import JobInfo, JobState
-from hpclab.session import Snapshot, Watch
+from hpclab.sessiondir import Ended
 from hpclab.state import SessionRecord
+from hpclab.watch import Watch
 
 
 class Clock:
@@ -37,7 +39,7 @@ class FakeLogin:
 class FakeCluster:
     """Answers status queries from a script of (state, time_left) or exceptions."""
 
-    def __init__(self, answers: list[Any], ended: dict[str, Any] | None = None) -> None:
+    def __init__(self, answers: list[Any], ended: Ended | None = None) -> None:
         self.answers = answers
         self.ended_marker = ended
         self.login = FakeLogin()
@@ -97,6 +99,6 @@ def test_lost_login_node_is_retried_not_fatal() -> None:
 
 def test_end_marker_says_time_limit_even_when_the_job_completed() -> None:
     clock, reports = Clock(), []  # type: ignore[var-annotated]
-    cluster = FakeCluster([(JobState.COMPLETED, None)], ended={"reason": "timelimit", "exit_code": 0})
+    cluster = FakeCluster([(JobState.COMPLETED, None)], ended=Ended("timelimit", 0))
     with pytest.raises(TimeLimitError):
         watch(cluster, clock, reports).run()

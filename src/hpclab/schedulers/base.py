@@ -4,19 +4,21 @@ A scheduler subclass is mostly data: its directive prefix, the argv that submits
 read on stdin, the argv that cancels, the variable that holds the job id inside the job, a
 map from its state names to JobState. It adds the few pure functions that differ: resource
 directives, and parsers for the submit and status output (fed with captured real output in
-tests/unit). No method here runs anything; session.py sends the argv through a Remote.
+tests/unit). No method here runs anything; cluster.py sends the argv through a Remote.
 """
 
 from __future__ import annotations
 
+import abc
 import enum
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import SchedulerError
+from ..units import mem_mb as mem_mb  # re-exported: the scheduler modules render memory with it
 
 
 class JobState(str, enum.Enum):
@@ -81,7 +83,10 @@ class JobSpec:
         return f"hpclab-{self.session_id}"
 
 
-class Scheduler:
+class Scheduler(abc.ABC):
+    """A batch scheduler, mostly as data. The procedures (directives, submit, status, cancel)
+    live here once; a subclass names its commands and states and reads its own formats."""
+
     name: ClassVar[str]
     title: ClassVar[str]
     directive: ClassVar[str]  # e.g. "#SBATCH"
@@ -89,21 +94,32 @@ class Scheduler:
     cancel: ClassVar[tuple[str, ...]]
     job_id_var: ClassVar[str]  # shell expression for the job id inside the job
     states: ClassVar[Mapping[str, JobState]]
-    # commands whose presence on the login node identifies this scheduler, in order of trust
-    probe: ClassVar[tuple[str, ...]] = ()
     # True when the scheduler itself sends SIGUSR1 before the time limit (a directive asks
     # for it); otherwise the job script sets its own timer.
     signals_before_end: ClassVar[bool] = False
+    # Directives of the plain options, as format strings of the value: adding such an option
+    # is one line here per scheduler. Resources that combine (cpus, mem, gpus) are rendered
+    # by resource_directives().
+    option_directives: ClassVar[Mapping[str, str]] = {}
+    # Whether the status query is wrapped by guarded(): its exit status and stderr then follow
+    # its stdout, and the parser, not the exit status, tells "gone" from "the query failed".
+    guarded_status: ClassVar[bool] = True
 
     # -- rendering ---------------------------------------------------------------------
 
-    def resource_directives(self, spec: JobSpec) -> list[str]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def resource_directives(self, spec: JobSpec) -> list[str]:
+        """Name, output files, time and resources, without the directive prefix."""
 
     def directives(self, spec: JobSpec) -> list[str]:
         """Directive lines, extra_directives appended, skip_directives dropped (a skip entry
         drops every generated line that starts with it, with or without the prefix)."""
-        lines = [f"{self.directive} {d}" for d in self.resource_directives(spec)]
+        generated = self.resource_directives(spec)
+        for key, form in self.option_directives.items():
+            value = getattr(spec, key)
+            if value:
+                generated.append(form.format(value))
+        lines = [f"{self.directive} {d}" for d in generated]
         skips = [s if s.startswith(self.directive) else f"{self.directive} {s}" for s in spec.skip_directives]
         # the skips apply to generated lines only: a site replaces "-pe smp 8" with "-pe threads 8"
         lines = [ln for ln in lines if not any(ln.startswith(s) for s in skips)]
@@ -118,17 +134,60 @@ class Scheduler:
     def cancel_argv(self, job_id: str) -> list[str]:
         return [*self.cancel, job_id]
 
-    # -- parsing -----------------------------------------------------------------------
+    # -- submit ------------------------------------------------------------------------
 
-    def parse_submit(self, stdout: str) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def parse_submit(self, stdout: str) -> str:
+        """The job id from what the submit command printed; SchedulerError if there is none."""
 
-    def status_argv(self, job_ids: Sequence[str]) -> list[str]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # -- status ------------------------------------------------------------------------
 
-    def parse_status(self, stdout: str, job_ids: Iterable[str]) -> dict[str, JobInfo]:  # pragma: no cover
-        """JobInfo for each of `job_ids`; a job the output does not mention is ENDED."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """One query for all of `job_ids` (guarded() when guarded_status)."""
+
+    @abc.abstractmethod
+    def read_jobs(self, out: Guarded) -> Mapping[str, Any] | None:
+        """The query's jobs by their key (see job_key), in whatever form job_info() reads;
+        None when the output cannot be read (the query failed: ask again)."""
+
+    @abc.abstractmethod
+    def job_info(self, job_id: str, job: Any) -> JobInfo:
+        """One job's JobInfo from its entry in read_jobs()."""
+
+    def job_key(self, job_id: str) -> str:
+        """How read_jobs() keys a job (PBS matches on the sequence number)."""
+        return job_id
+
+    def gone(self, out: Guarded) -> set[str]:
+        """Keys of jobs the query says it does not know (they have left the queue)."""
+        return set()
+
+    def complete(self, out: Guarded) -> bool:
+        """True when a job the output does not mention has surely ended."""
+        return out.returncode == 0
+
+    def parse_status(self, stdout: str, job_ids: Iterable[str]) -> dict[str, JobInfo]:
+        """JobInfo for each of `job_ids`: as the query shows it; ENDED when the query knows it
+        no more; UNKNOWN when the query failed ("ask again", never "gone")."""
+        out = split_guarded(stdout) if self.guarded_status else Guarded(stdout, "", 0)
+        jobs = self.read_jobs(out)
+        gone = self.gone(out)
+        found: dict[str, JobInfo] = {}
+        for job_id in job_ids:
+            key = self.job_key(job_id)
+            if jobs is not None and key in jobs:
+                found[job_id] = self.job_info(job_id, jobs[key])
+            elif key in gone or (jobs is not None and self.complete(out)):
+                found[job_id] = JobInfo(job_id=job_id, state=JobState.ENDED)
+            else:
+                found[job_id] = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
+        return found
+
+    def state(self, raw: str) -> JobState:
+        return self.states.get(raw.strip().upper(), JobState.UNKNOWN)
+
+    # -- ended jobs and strays ----------------------------------------------------------
 
     def final_argv(self, job_id: str) -> list[str] | None:
         """A query for the final state of an ended job (accounting), or None if there is none."""
@@ -137,8 +196,25 @@ class Scheduler:
     def parse_final(self, stdout: str, job_id: str) -> JobInfo | None:
         return None
 
-    def state(self, raw: str) -> JobState:
-        return self.states.get(raw.strip().upper(), JobState.UNKNOWN)
+    def tagged_argv(self) -> list[str] | None:
+        """A query that lists the user's queued and running jobs as "ID|NAME" lines, to find
+        hpclab's jobs by their name; None where the scheduler cannot list names."""
+        return None
+
+    def parse_tagged(self, stdout: str) -> list[tuple[str, str]]:
+        """(session id, job id) of every job whose name is exactly hpclab's tag: "hpclab-"
+        and a session id (8 hex digits). Anything else, `hpclab-../x` included, is not ours."""
+        found = []
+        for line in stdout.splitlines():
+            job_id, _, name = line.strip().partition("|")
+            m = TAG.fullmatch(name)
+            if m and job_id:
+                found.append((m.group(1), job_id))
+        return found
+
+
+# hpclab's job name: "hpclab-" and the session id, as JobSpec.name makes it
+TAG = re.compile(r"hpclab-([0-9a-f]{8})")
 
 
 def bad_output(scheduler: str, what: str, text: str) -> SchedulerError:
@@ -184,19 +260,6 @@ def split_guarded(text: str) -> Guarded:
     except ValueError:
         rc = None
     return Guarded(head, stderr.strip("\n"), rc)
-
-
-_MEM = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGT]?)B?$", re.IGNORECASE)
-_MEM_UNIT = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
-
-
-def mem_mb(mem: str) -> int:
-    """'4G', '500M', '16GB', '1.5G', '2048' (megabytes, as sbatch reads a bare number) in whole MiB."""
-    m = _MEM.match(mem.strip())
-    if not m:
-        raise ValueError(f"cannot read {mem!r} as an amount of memory")
-    value = float(m.group(1)) * _MEM_UNIT[m.group(2).upper()]
-    return max(1, int(-(-value // 1)))
 
 
 def gpu_request(gpus: str) -> tuple[str | None, int]:

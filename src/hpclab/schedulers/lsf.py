@@ -12,13 +12,14 @@ not matter; whether they count per slot or per job is the site's RESOURCE_RESERV
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from .base import JobInfo, JobSpec, JobState, Scheduler, bad_output, gpu_request, guarded, mem_mb, split_guarded
+from .base import Guarded, JobInfo, JobSpec, JobState, Scheduler, bad_output, gpu_request, guarded, mem_mb
 
 FIELDS = "jobid stat exec_host pend_reason time_left exit_code exit_reason"
 SUBMITTED = re.compile(r"Job <([0-9]+)> is submitted")
@@ -32,9 +33,9 @@ class Lsf(Scheduler):
     submit = ("bsub",)  # bsub < script: the directives are read from the script on stdin
     cancel = ("bkill",)
     job_id_var = "${LSB_JOBID:-}"
-    probe = ("bsub", "bjobs", "lsid")
     # -wa USR1 -wt MINUTES: LSF sends SIGUSR1 that long before the run limit.
     signals_before_end = True
+    option_directives = {"partition": "-q {}", "account": "-P {}"}
     states: ClassVar[Mapping[str, JobState]] = {
         "PEND": JobState.PENDING,
         "PSUSP": JobState.PENDING,
@@ -67,10 +68,6 @@ class Lsf(Scheduler):
         if spec.gpus:
             kind, count = gpu_request(spec.gpus)
             lines.append(f'-gpu "num={count}' + (f":gmodel={kind}" if kind else "") + '"')
-        if spec.partition:
-            lines.append(f"-q {spec.partition}")
-        if spec.account:
-            lines.append(f"-P {spec.account}")
         return lines
 
     def parse_submit(self, stdout: str) -> str:
@@ -83,38 +80,27 @@ class Lsf(Scheduler):
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         return guarded(["bjobs", "-o", FIELDS, "-json", *job_ids])
 
-    def parse_status(self, stdout: str, job_ids: Iterable[str]) -> dict[str, JobInfo]:
-        wanted = list(job_ids)
-        out = split_guarded(stdout)
-        records: list[Mapping[str, Any]] | None = None
+    def read_jobs(self, out: Guarded) -> Mapping[str, Mapping[str, Any]] | None:
         text = out.stdout.strip()
-        if text:
-            try:
-                data = json.loads(text, strict=False)
-                records = [r for r in data.get("RECORDS", []) if isinstance(r, dict)]
-            except (ValueError, AttributeError):
-                records = None
-        elif out.returncode is not None:
-            records = []
-        by_id: dict[str, Mapping[str, Any]] = {}
-        gone = set(NOT_FOUND.findall(out.stderr))
-        for record in records or []:
-            job_id = str(record.get("JOBID", "")).strip()
-            error = str(record.get("ERROR", ""))
-            gone.update(NOT_FOUND.findall(error))
-            if job_id and not error:
-                by_id[job_id] = record
-        found: dict[str, JobInfo] = {}
-        for job_id in wanted:
-            if job_id in by_id:
-                found[job_id] = self._info(job_id, by_id[job_id])
-            elif job_id in gone or (records is not None and out.returncode == 0):
-                found[job_id] = JobInfo(job_id=job_id, state=JobState.ENDED)
-            else:
-                found[job_id] = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
+        if not text:
+            return None if out.returncode is None else {}
+        try:
+            data = json.loads(text, strict=False)
+            records = [r for r in data.get("RECORDS", []) if isinstance(r, dict)]
+        except (ValueError, AttributeError):
+            return None
+        # a record with ERROR ("Job <12> is not found") is no job: gone() reads it
+        return {str(r.get("JOBID", "")).strip(): r for r in records if r.get("JOBID") and not r.get("ERROR")}
+
+    def gone(self, out: Guarded) -> set[str]:
+        found = set(NOT_FOUND.findall(out.stderr))
+        with contextlib.suppress(ValueError, AttributeError):
+            for record in json.loads(out.stdout.strip() or "{}", strict=False).get("RECORDS", []):
+                if isinstance(record, dict):
+                    found.update(NOT_FOUND.findall(str(record.get("ERROR", ""))))
         return found
 
-    def _info(self, job_id: str, rec: Mapping[str, Any]) -> JobInfo:
+    def job_info(self, job_id: str, rec: Mapping[str, Any]) -> JobInfo:
         raw = str(rec.get("STAT", "")).strip()
         state = self.state(raw)
         reason = str(rec.get("EXIT_REASON") or "").strip()

@@ -9,10 +9,10 @@ signals. Nothing sends a signal before the time limit: the script keeps its own 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from .base import JobInfo, JobSpec, JobState, Scheduler, bad_output, guarded, split_guarded
+from .base import Guarded, JobInfo, JobSpec, JobState, Scheduler, bad_output, guarded
 
 # What `ps -o args=` shows for the script: it tells our process from a reused pid.
 SCRIPT_MARK = ".hpclab/sessions/"
@@ -25,7 +25,6 @@ class NoScheduler(Scheduler):
     submit = ("setsid",)
     cancel = ("kill", "-TERM", "--")
     job_id_var = "$$"
-    probe = ()
     signals_before_end = False
     states: ClassVar[Mapping[str, JobState]] = {
         "R": JobState.RUNNING,
@@ -71,26 +70,20 @@ class NoScheduler(Scheduler):
         # -ww: the whole command line, however long the path (ps cuts it to 80 columns otherwise)
         return guarded(["ps", "-ww", "-o", "pid=,stat=,args=", "-p", ",".join(job_ids) or "0"])
 
-    def parse_status(self, stdout: str, job_ids: Iterable[str]) -> dict[str, JobInfo]:
-        wanted = list(job_ids)
-        out = split_guarded(stdout)
-        # ps: 0 = some found, 1 = none found; anything else (or no guard) = ask again
-        ok = out.returncode in (0, 1) and not out.stderr.strip()
+    def read_jobs(self, out: Guarded) -> Mapping[str, str]:
         seen: dict[str, str] = {}
         for line in out.stdout.splitlines():
             parts = line.split(None, 2)
             if len(parts) == 3 and SCRIPT_MARK in parts[2]:
                 seen[parts[0]] = parts[1]
-        found: dict[str, JobInfo] = {}
-        for job_id in wanted:
-            if job_id in seen:
-                raw = seen[job_id]
-                found[job_id] = JobInfo(job_id=job_id, state=self.state(raw[:1]), raw_state=raw)
-            elif ok:
-                found[job_id] = JobInfo(job_id=job_id, state=JobState.ENDED)
-            else:
-                found[job_id] = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
-        return found
+        return seen
+
+    def complete(self, out: Guarded) -> bool:
+        # ps: 0 = some found, 1 = none found; anything else (or no guard) = ask again
+        return out.returncode in (0, 1) and not out.stderr.strip()
+
+    def job_info(self, job_id: str, job: str) -> JobInfo:
+        return JobInfo(job_id=job_id, state=self.state(job[:1]), raw_state=job)
 
     def state(self, raw: str) -> JobState:
         return self.states.get(raw.strip()[:1], JobState.UNKNOWN)

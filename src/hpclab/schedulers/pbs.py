@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from ..timefmt import parse_duration
+from ..units import parse_duration
 from .base import (
+    Guarded,
     JobInfo,
     JobSpec,
     JobState,
@@ -26,7 +27,6 @@ from .base import (
     guarded,
     hms,
     mem_mb,
-    split_guarded,
 )
 
 # "qstat: Unknown Job Id 1234.server" (PBS Pro), "qstat: Unknown Job Id Error 1234.server" (Torque)
@@ -90,9 +90,12 @@ class Pbs(Scheduler):
     submit = ("qsub",)
     cancel = ("qdel",)
     job_id_var = "${PBS_JOBID:-}"
-    probe = ("qsub", "qstat")
     # PBS sends no signal before the walltime: the job script keeps its own timer.
     signals_before_end = False
+    option_directives = {"partition": "-q {}", "account": "-A {}"}
+    # exit statuses PBS gives a job it killed at its walltime or memory limit
+    walltime_exit: ClassVar[int] = -29
+    memory_exits: ClassVar[tuple[int, ...]] = (-27, -26)
     states: ClassVar[Mapping[str, JobState]] = {
         "Q": JobState.PENDING,  # queued
         "H": JobState.PENDING,  # held
@@ -136,10 +139,6 @@ class Pbs(Scheduler):
             f"-l walltime={hms(spec.time)}",
             f"-l {select}",
         ]
-        if spec.partition:
-            lines.append(f"-q {spec.partition}")
-        if spec.account:
-            lines.append(f"-A {spec.account}")
         return lines
 
     def parse_submit(self, stdout: str) -> str:
@@ -149,37 +148,30 @@ class Pbs(Scheduler):
         # -x includes finished jobs (with their Exit_status) while the server keeps history.
         return guarded(["qstat", "-f", "-F", "json", "-x", *job_ids])
 
-    def parse_status(self, stdout: str, job_ids: Iterable[str]) -> dict[str, JobInfo]:
-        wanted = list(job_ids)
-        out = split_guarded(stdout)
-        jobs: Mapping[str, Any] | None = None
-        if out.stdout.strip():
-            try:
-                data = json.loads(out.stdout, strict=False)
-                jobs = data.get("Jobs", {}) if isinstance(data, dict) else None
-            except ValueError:
-                jobs = None
-        elif out.returncode is not None:
-            jobs = {}
-        by_seq = {sequence(k): v for k, v in (jobs or {}).items() if isinstance(v, dict)}
-        gone = unknown_ids(out.stderr)
-        found: dict[str, JobInfo] = {}
-        for job_id in wanted:
-            seq = sequence(job_id)
-            if seq in by_seq:
-                found[job_id] = self._info(job_id, by_seq[seq])
-            elif seq in gone or (jobs is not None and out.returncode == 0):
-                found[job_id] = JobInfo(job_id=job_id, state=JobState.ENDED)
-            else:  # the query failed: ask again
-                found[job_id] = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
-        return found
+    def read_jobs(self, out: Guarded) -> Mapping[str, Any] | None:
+        if not out.stdout.strip():
+            return None if out.returncode is None else {}
+        try:
+            data = json.loads(out.stdout, strict=False)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        jobs = data.get("Jobs", {})
+        return {sequence(k): v for k, v in jobs.items() if isinstance(v, dict)} if isinstance(jobs, dict) else None
 
-    def _info(self, job_id: str, job: Mapping[str, Any]) -> JobInfo:
+    def job_key(self, job_id: str) -> str:
+        return sequence(job_id)
+
+    def gone(self, out: Guarded) -> set[str]:
+        return unknown_ids(out.stderr)
+
+    def job_info(self, job_id: str, job: Mapping[str, Any]) -> JobInfo:
         raw = str(job.get("job_state", ""))
         state = self.state(raw)
         code = job.get("Exit_status")
         if state is JobState.ENDED and code is not None:
-            state = exit_state(_int(code))
+            state = exit_state(_int(code), self.walltime_exit, self.memory_exits)
         requested = job.get("Resource_List") or {}
         used = job.get("resources_used") or {}
         left = None

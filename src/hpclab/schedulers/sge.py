@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from ..errors import ConfigError
-from .base import JobInfo, JobSpec, JobState, Scheduler, bad_output, guarded, hms, mem_mb, split_guarded
+from .base import Guarded, JobInfo, JobSpec, JobState, Scheduler, bad_output, guarded, hms, mem_mb
 
 
 class Sge(Scheduler):
@@ -30,10 +30,10 @@ class Sge(Scheduler):
     submit = ("qsub", "-terse")
     cancel = ("qdel",)
     job_id_var = "${JOB_ID:-}"
-    probe = ("qsub", "qstat", "qacct")
     # s_rt would send SIGUSR1 before h_rt, but to every process of the job, kernels
     # included; -notify only warns before a suspend or a kill. The job keeps its own timer.
     signals_before_end = False
+    option_directives = {"partition": "-q {}", "account": "-P {}"}
     # The common codes; state() reads the letters of any combination (sge_status(5)).
     states: ClassVar[Mapping[str, JobState]] = {
         "qw": JobState.PENDING,
@@ -76,10 +76,6 @@ class Sge(Scheduler):
         if spec.mem:
             # h_vmem is per slot: divide the job's memory among them
             lines.append(f"-l h_vmem={math.ceil(mem_mb(spec.mem) / cpus)}M")
-        if spec.partition:
-            lines.append(f"-q {spec.partition}")
-        if spec.account:
-            lines.append(f"-P {spec.account}")
         return lines
 
     def parse_submit(self, stdout: str) -> str:
@@ -94,27 +90,17 @@ class Sge(Scheduler):
         # qstat takes no list of ids in this form: one query for the user's jobs, filtered here.
         return guarded(["qstat", "-xml"])
 
-    def parse_status(self, stdout: str, job_ids: Iterable[str]) -> dict[str, JobInfo]:
-        wanted = list(job_ids)
-        out = split_guarded(stdout)
-        jobs: dict[str, ET.Element] | None = None
-        if out.returncode == 0 or (out.returncode is None and out.stdout.strip()):
-            try:
-                root = ET.fromstring(out.stdout.strip())
-                jobs = {(j.findtext("JB_job_number") or "").strip(): j for j in root.iter("job_list")}
-            except ET.ParseError:
-                jobs = None
-        found: dict[str, JobInfo] = {}
-        for job_id in wanted:
-            if jobs is not None and job_id in jobs:
-                found[job_id] = self._info(job_id, jobs[job_id])
-            elif jobs is not None and out.returncode == 0:
-                found[job_id] = JobInfo(job_id=job_id, state=JobState.ENDED)
-            else:  # the query failed, or the text did not come through the guard: ask again
-                found[job_id] = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
-        return found
+    def read_jobs(self, out: Guarded) -> Mapping[str, ET.Element] | None:
+        # qstat -xml exits 0 with the user's jobs; anything else is a failed query
+        if not (out.returncode == 0 or (out.returncode is None and out.stdout.strip())):
+            return None
+        try:
+            root = ET.fromstring(out.stdout.strip())
+        except ET.ParseError:
+            return None
+        return {(j.findtext("JB_job_number") or "").strip(): j for j in root.iter("job_list")}
 
-    def _info(self, job_id: str, job: ET.Element) -> JobInfo:
+    def job_info(self, job_id: str, job: ET.Element) -> JobInfo:
         raw = (job.findtext("state") or "").strip()
         state = self.state(raw)
         queue = (job.findtext("queue_name") or "").strip()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 
-from ..timefmt import parse_duration
-from .base import JobInfo, JobSpec, JobState, Scheduler, bad_output
+from ..units import parse_duration
+from .base import Guarded, JobInfo, JobSpec, JobState, Scheduler, bad_output
 
 _FORMAT = "%i|%T|%N|%r|%S|%L"
 
@@ -19,8 +19,10 @@ class Slurm(Scheduler):
     submit = ("sbatch", "--parsable")
     cancel = ("scancel",)
     job_id_var = "${SLURM_JOB_ID:-}"
-    probe = ("sbatch", "squeue")
     signals_before_end = True
+    option_directives = {"partition": "--partition={}", "account": "--account={}"}
+    # squeue --me --states=all fails only as a whole (the runner reports it): no guard needed
+    guarded_status = False
     states = {
         "PENDING": JobState.PENDING,
         "CONFIGURING": JobState.PENDING,
@@ -59,10 +61,6 @@ class Slurm(Scheduler):
             "--ntasks=1",
             f"--signal=B:USR1@{spec.signal_before}",
         ]
-        if spec.partition:
-            lines.append(f"--partition={spec.partition}")
-        if spec.account:
-            lines.append(f"--account={spec.account}")
         if spec.cpus:
             lines.append(f"--cpus-per-task={spec.cpus}")
         if spec.mem:
@@ -84,40 +82,29 @@ class Slurm(Scheduler):
         # -j with an id slurmctld has forgotten fails the whole query.
         return ["squeue", "--me", "--states=all", "--noheader", f"--format={_FORMAT}"]
 
-    def parse_status(self, stdout: str, job_ids: Iterable[str]) -> dict[str, JobInfo]:
-        wanted = set(job_ids)
-        found: dict[str, JobInfo] = {}
-        for line in stdout.splitlines():
+    def read_jobs(self, out: Guarded) -> Mapping[str, list[str]]:
+        jobs: dict[str, list[str]] = {}
+        for line in out.stdout.splitlines():
             parts = line.strip().split("|")
-            if len(parts) < 6 or parts[0] not in wanted:
-                continue
-            job_id, raw, nodes, reason, start, left = parts[:6]
-            state = self.state(raw)
-            found[job_id] = JobInfo(
-                job_id=job_id,
-                state=state,
-                node=(nodes.split(",")[0] or None) if state is not JobState.PENDING else None,
-                reason=reason if reason not in ("None", "") else None,
-                start_time=start if state is JobState.PENDING and start not in ("N/A", "") else None,
-                time_left=_time_left(left) if state is JobState.RUNNING else None,
-                raw_state=raw,
-            )
-        for job_id in wanted - set(found):
-            found[job_id] = JobInfo(job_id=job_id, state=JobState.ENDED)
-        return found
+            if len(parts) >= 6:
+                jobs[parts[0]] = parts[:6]
+        return jobs
+
+    def job_info(self, job_id: str, job: list[str]) -> JobInfo:
+        _, raw, nodes, reason, start, left = job
+        state = self.state(raw)
+        return JobInfo(
+            job_id=job_id,
+            state=state,
+            node=(nodes.split(",")[0] or None) if state is not JobState.PENDING else None,
+            reason=reason if reason not in ("None", "") else None,
+            start_time=start if state is JobState.PENDING and start not in ("N/A", "") else None,
+            time_left=_time_left(left) if state is JobState.RUNNING else None,
+            raw_state=raw,
+        )
 
     def tagged_argv(self) -> list[str]:
-        """The user's pending and running jobs with their names, to find hpclab-<session> jobs."""
         return ["squeue", "--me", "--noheader", "--format=%i|%j"]
-
-    def parse_tagged(self, stdout: str) -> list[tuple[str, str]]:
-        """(session id, job id) of every job named hpclab-<session>."""
-        found = []
-        for line in stdout.splitlines():
-            job_id, _, name = line.strip().partition("|")
-            if name.startswith("hpclab-") and job_id:
-                found.append((name.removeprefix("hpclab-"), job_id))
-        return found
 
     def final_argv(self, job_id: str) -> list[str] | None:
         return ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", job_id,

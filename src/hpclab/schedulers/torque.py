@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from .base import JobInfo, JobSpec, JobState, Scheduler, gpu_request, guarded, hms, mem_mb, split_guarded
-from .pbs import exit_state, first_host, parse_qsub, seconds, sequence, unknown_ids
+from .base import Guarded, JobInfo, JobSpec, JobState, gpu_request, guarded, hms, mem_mb
+from .pbs import Pbs, exit_state, first_host, seconds, sequence
 
 
-class Torque(Scheduler):
+class Torque(Pbs):
+    """What Torque shares with PBS Pro (qsub, qdel, the job id, "Unknown Job Id" for a job
+    it no longer knows) is inherited; the status format, states, exit codes and resource
+    syntax are its own."""
+
     name = "torque"
     title = "Torque"
-    directive = "#PBS"
-    submit = ("qsub",)
-    cancel = ("qdel",)
-    job_id_var = "${PBS_JOBID:-}"
-    probe = ("qsub", "qstat")
     # Only Moab's "-l signal=" asks for a signal before the end, and pbs_sched/Maui ignore
     # it: the job script keeps its own timer.
     signals_before_end = False
@@ -41,6 +40,8 @@ class Torque(Scheduler):
         "E": JobState.RUNNING,  # exiting
         "C": JobState.ENDED,  # completed: exit_status says how
     }
+    walltime_exit = -11
+    memory_exits = (-10,)
 
     def resource_directives(self, spec: JobSpec) -> list[str]:
         nodes = f"nodes=1:ppn={spec.cpus or 1}"
@@ -65,51 +66,29 @@ class Torque(Scheduler):
         ]
         if spec.mem:
             lines.append(f"-l mem={mem_mb(spec.mem)}mb")
-        if spec.partition:
-            lines.append(f"-q {spec.partition}")
-        if spec.account:
-            lines.append(f"-A {spec.account}")
         return lines
-
-    def parse_submit(self, stdout: str) -> str:
-        return parse_qsub(stdout)
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         # Torque's -x is XML (not PBS Pro's "history"); one query for all ids.
         return guarded(["qstat", "-x", *job_ids])
 
-    def parse_status(self, stdout: str, job_ids: Iterable[str]) -> dict[str, JobInfo]:
-        wanted = list(job_ids)
-        out = split_guarded(stdout)
-        jobs: dict[str, ET.Element] | None = None
+    def read_jobs(self, out: Guarded) -> Mapping[str, ET.Element] | None:
         text = out.stdout.strip()
-        if text:
-            try:
-                root = ET.fromstring(text)
-                jobs = {sequence(j.findtext("Job_Id", "")): j for j in root.iter("Job")}
-            except ET.ParseError:
-                jobs = None
-        elif out.returncode is not None:
-            jobs = {}
-        gone = unknown_ids(out.stderr)
-        found: dict[str, JobInfo] = {}
-        for job_id in wanted:
-            seq = sequence(job_id)
-            if jobs is not None and seq in jobs:
-                found[job_id] = self._info(job_id, jobs[seq])
-            elif seq in gone or (jobs is not None and out.returncode == 0):
-                found[job_id] = JobInfo(job_id=job_id, state=JobState.ENDED)
-            else:
-                found[job_id] = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
-        return found
+        if not text:
+            return None if out.returncode is None else {}
+        try:
+            root = ET.fromstring(text)
+        except ET.ParseError:
+            return None
+        return {sequence(j.findtext("Job_Id", "")): j for j in root.iter("Job")}
 
-    def _info(self, job_id: str, job: ET.Element) -> JobInfo:
+    def job_info(self, job_id: str, job: Any) -> JobInfo:
         raw = (job.findtext("job_state") or "").strip()
         state = self.state(raw)
         code_text = job.findtext("exit_status")
         if state is JobState.ENDED and code_text is not None:
             with contextlib.suppress(ValueError):
-                state = exit_state(int(code_text), walltime=-11, memory=(-10,))
+                state = exit_state(int(code_text), self.walltime_exit, self.memory_exits)
         left = None
         if state is JobState.RUNNING:
             remaining = job.findtext("Walltime/Remaining")

@@ -24,6 +24,19 @@ hpclab_reason=exited
 hpclab_write() {  # atomic: readers see the whole file or none
   printf '%s\n' "$2" > "$HPCLAB_DIR/.$1.tmp" 2>/dev/null && mv -f "$HPCLAB_DIR/.$1.tmp" "$HPCLAB_DIR/$1" 2>/dev/null
 }
+hpclab_json() {  # $1 as a JSON string, whatever it holds (a host name, $TMPDIR, a user name)
+  local s=$1 out= c i
+  for (( i = 0; i < ${#s}; i++ )); do
+    c=${s:i:1}
+    case $c in
+      \\) out+='\\' ;;
+      \") out+='\"' ;;
+      [[:cntrl:]]) printf -v c '\\u%04x' "'$c"; out+=$c ;;
+      *) out+=$c ;;
+    esac
+  done
+  printf '"%s"' "$out"
+}
 hpclab_stop() {
   hpclab_reason=$1
   if [ -n "$hpclab_pid" ]; then kill -TERM "$hpclab_pid" 2>/dev/null; else exit "$2"; fi
@@ -121,7 +134,7 @@ while [ -z "$hpclab_version" ]; do
     hpclab_port=$(sed -n 's/^ *"port": *\([0-9]*\).*/\1/p' "$hpclab_info")
   done
 done
-hpclab_write rendezvous.json "{\"version\": 1, \"session\": \"$HPCLAB_SESSION\", \"job_id\": \"$HPCLAB_JOB_ID\", \"node\": \"$(hostname)\", \"user\": \"$(id -un)\", \"transport\": \"$hpclab_mode\", \"address\": \"$hpclab_addr\", \"port\": ${hpclab_port:-0}, \"socket\": \"$hpclab_sock\", \"pid\": $hpclab_pid, \"runtime_dir\": \"$hpclab_runtime\", \"jupyter_server\": \"$hpclab_version\"}"
+hpclab_write rendezvous.json "{\"version\": 1, \"session\": \"$HPCLAB_SESSION\", \"job_id\": $(hpclab_json "$HPCLAB_JOB_ID"), \"node\": $(hpclab_json "$(hostname)"), \"user\": $(hpclab_json "$(id -un)"), \"transport\": \"$hpclab_mode\", \"address\": $(hpclab_json "$hpclab_addr"), \"port\": ${hpclab_port:-0}, \"socket\": $(hpclab_json "$hpclab_sock"), \"pid\": $hpclab_pid, \"runtime_dir\": $(hpclab_json "$hpclab_runtime"), \"jupyter_server\": $(hpclab_json "$hpclab_version")}"
 
 while :; do
   wait "$hpclab_pid"; hpclab_rc=$?

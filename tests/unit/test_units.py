@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpclab.timefmt import human, parse_duration, parse_walltime
+from hpclab.units import human, is_memory, mem_mb, parse_duration, parse_walltime
 
 
 @pytest.mark.parametrize(
@@ -27,3 +27,17 @@ def test_bad_durations(bad: str) -> None:
 
 def test_human() -> None:
     assert [human(s) for s in (5, 125, 3900, 90000)] == ["5s", "2m", "1h05m", "1d01h"]
+
+
+@pytest.mark.parametrize(("text", "mb"), [("4G", 4096), ("500M", 500), ("16GB", 16384), ("1.5g", 1536),
+                                          ("2048", 2048), ("1T", 1048576), ("512K", 1)])
+def test_memory_grammar(text: str, mb: int) -> None:
+    assert is_memory(text)
+    assert mem_mb(text) == mb
+
+
+@pytest.mark.parametrize("bad", ["", "4 G", "4G\n", " 4G", "4GiB", "-1G", "G", "4G; rm -rf ~", "1e3M"])
+def test_memory_grammar_takes_the_whole_value_only(bad: str) -> None:
+    assert not is_memory(bad)
+    with pytest.raises(ValueError):
+        mem_mb(bad)

@@ -1,4 +1,5 @@
-"""Durations as people and schedulers write them, parsed once into seconds."""
+"""Quantities as people and schedulers write them: durations (parsed once into seconds) and
+amounts of memory (into MiB). The one grammar for each; profiles and schedulers both use it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import re
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _UNITS_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _CLOCK_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+# '4G', '500M', '16GB', '1.5g', '2048' (a bare number is megabytes, as sbatch reads it)
+MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGT]?)B?", re.IGNORECASE)
+_MEM_UNIT = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 
 def parse_duration(text: str | int | float, *, bare_unit: str = "s") -> int:
@@ -23,11 +27,11 @@ def parse_duration(text: str | int | float, *, bare_unit: str = "s") -> int:
         raise ValueError("empty duration")
     if value.isdigit():
         return int(value) * _UNIT[bare_unit]
-    m = _UNITS_RE.match(value)
+    m = _UNITS_RE.fullmatch(value)
     if m and any(m.groups()):
         d, h, mi, s = (int(g) if g else 0 for g in m.groups())
         return d * 86400 + h * 3600 + mi * 60 + s
-    m = _CLOCK_RE.match(value)
+    m = _CLOCK_RE.fullmatch(value)
     if m and (m.group(1) or m.group(3)):
         days = int(m.group(1) or 0)
         parts = [int(p) for p in m.group(2, 3, 4) if p is not None]
@@ -63,3 +67,17 @@ def human(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def is_memory(text: str) -> bool:
+    """True when the whole of `text` is an amount of memory (no trailing newline, no spaces)."""
+    return MEMORY.fullmatch(text) is not None
+
+
+def mem_mb(mem: str) -> int:
+    """'4G', '500M', '16GB', '1.5G', '2048' (megabytes) in whole MiB, rounded up."""
+    m = MEMORY.fullmatch(mem)
+    if not m:
+        raise ValueError(f"cannot read {mem!r} as an amount of memory")
+    value = float(m.group(1)) * _MEM_UNIT[m.group(2).upper()]
+    return max(1, int(-(-value // 1)))

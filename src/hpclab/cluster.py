@@ -1,0 +1,271 @@
+"""The cluster-side protocol: the shell programs hpclab runs on the login node, and the
+Cluster object that runs them and the scheduler's queries through a Remote.
+
+The shell programs are one line of POSIX sh without '!': they pass unchanged through any
+login shell, csh included. Their file names come from SessionDir. Secrets and scripts travel
+on stdin, never on a command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import ConfigError, ProtocolError, RemoteError, SchedulerError
+from .remote import Remote
+from .schedulers import JobInfo, JobState, Scheduler, get
+from .schedulers import names as scheduler_names
+from .schedulers.detect import DETECT_SCRIPT, NONE_FOUND, parse_detect
+from .sessiondir import ROOT, SESSION_ID, SESSIONS, Ended, Rendezvous, SessionDir
+from .state import SessionRecord
+from .tunnel import Tunnel
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str, str], None]  # progress: (phase, detail); the session layer never prints
+
+
+def quiet(phase: str, detail: str) -> None:
+    log.info("%s: %s", phase, detail)
+
+_F = SessionDir("")  # the file names
+
+# $1 is the session id; the token is the first line of stdin, the job script the rest.
+# The session directory and every file in it are private whatever the umask.
+SUBMIT = (
+    f'umask 077 && mkdir -p "$HOME/{SESSIONS}" && chmod 700 "$HOME/{ROOT}" "$HOME/{SESSIONS}" '
+    f'&& d="$HOME/{SESSIONS}/$1" && mkdir "$d" && IFS= read -r t && printf %s "$t" > "$d/{_F.token}" '
+    f'&& t= && cat > "$d/{_F.script}" && : > "$d/{_F.output}" && : > "$d/{_F.error}" && cd "$HOME" '
+    f'&& {{ SUBMIT > "$d/{_F.submitted}" || {{ rc=$?; cat "$d/{_F.submitted}"; rm -rf "$d"; exit $rc; }}; }} '
+    f'&& cat "$d/{_F.submitted}"'
+)
+# $1 session dir (relative to $HOME), $2 tenths of a second to wait at most, $3 1 to
+# return as soon as the job has started; the rest is the scheduler's status argv (maybe none).
+POLL = (
+    'd="$HOME/$1"; n=$2; s=$3; shift 3; i=0; while [ "$i" -lt "$n" ]; do '
+    f'[ -e "$d/{_F.rendezvous}" ] && break; [ -e "$d/{_F.ended}" ] && break; '
+    f'[ "$s" = 1 ] && [ -e "$d/{_F.started}" ] && break; sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); done; '
+    f'for f in {_F.started} {_F.rendezvous} {_F.ended}; do printf "@@%s\\n" "$f"; cat "$d/$f" 2>/dev/null; done; '
+    'printf "@@status\\n"; "$@"'
+)
+WRITE_FILE = 'umask 077 && printf %s "$2" > "$HOME/$1.tmp" && mv -f "$HOME/$1.tmp" "$HOME/$1"'
+REMOVE_DIR = 'rm -rf "$HOME/$1"'
+TAIL = 'tail -n "$2" "$HOME/$1" 2>/dev/null; :'
+# Every session directory of the user: its id, what the submit command printed, its rendezvous.
+DISCOVER = (
+    f'for d in "$HOME"/{SESSIONS}/*/; do [ -f "$d/{_F.submitted}" ] || continue; '
+    f'printf "@@session %s\\n" "$(basename "$d")"; cat "$d/{_F.submitted}"; printf "@@rendezvous\\n"; '
+    f'cat "$d/{_F.rendezvous}" 2>/dev/null; done; :'
+)
+READ_FILE = 'cat "$HOME/$1"'
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one poll saw: the session's files on the cluster and the scheduler's word."""
+
+    started: str | None
+    rendezvous: Rendezvous | None
+    ended: Ended | None
+    job: JobInfo | None
+
+
+@dataclass
+class RemoteSession:
+    """A session directory found on the cluster, with its job's live state."""
+
+    id: str
+    job_id: str
+    rendezvous: Rendezvous | None
+    job: JobInfo | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.job is None or not self.job.state.ended
+
+
+def scheduler(name: str) -> Scheduler:
+    """The scheduler called `name`; a ConfigError naming the known ones otherwise."""
+    try:
+        return get(name)
+    except KeyError:
+        raise ConfigError(f"unknown scheduler {name!r}", hint="known: " + ", ".join(scheduler_names())) from None
+
+
+class Cluster:
+    """The login node, its compute nodes and its scheduler, for one profile or session.
+    Opens nothing until used."""
+
+    def __init__(self, login: Remote, scheduler_name: str) -> None:
+        self.login = login
+        # "auto" is resolved by detect() on first contact
+        self.auto = scheduler_name == "auto"
+        self.scheduler: Scheduler = scheduler("slurm" if self.auto else scheduler_name)
+        self._nodes: dict[str, Remote] = {}
+
+    def node(self, node: str, user: str | None = None) -> Remote:
+        """The connection to a compute node, through the login node (opened on first use)."""
+        dest = f"{user}@{node}" if user else node
+        if dest not in self._nodes:
+            self._nodes[dest] = self.login.hop(dest)
+        return self._nodes[dest]
+
+    def close(self) -> None:
+        """Close the node connections (the login master stays for other sessions)."""
+        for node in self._nodes.values():
+            node.close()
+
+    # -- scheduler --------------------------------------------------------------------
+
+    def detect(self) -> str:
+        """Find which scheduler the login node runs (scheduler = "auto") and use it."""
+        out = self.login.shell(DETECT_SCRIPT, what="scheduler detection", check=False).stdout
+        name = parse_detect(out)
+        if name == NONE_FOUND:
+            raise ConfigError(
+                f"could not tell which scheduler {self.login.host} runs",
+                hint="set scheduler in the profile to one of: " + ", ".join(scheduler_names()),
+            )
+        self.scheduler = get(name)
+        self.auto = False
+        return name
+
+    def submit(self, sdir: SessionDir, token: str, script: str) -> str:
+        """Create the session directory, store token and script, submit; the job id."""
+        program = SUBMIT.replace("SUBMIT", self.scheduler.submit_shell(f'"$d/{sdir.script}"'))
+        try:
+            out = self.login.shell(program, sdir.id, input=token + "\n" + script, what="submit")
+        except RemoteError as exc:
+            raise SchedulerError(
+                f"{self.scheduler.title} refused the job",
+                hint=(exc.stderr.strip() or exc.stdout.strip())[-800:] or None,
+                stderr=exc.stderr,
+            ) from None
+        return self.scheduler.parse_submit(out.stdout)
+
+    def status(self, job_ids: list[str]) -> dict[str, JobInfo]:
+        """One batched query. A failing query means 'unknown, ask again', not 'gone'."""
+        try:
+            out = self.login.run(self.scheduler.status_argv(job_ids), what="job status query", timeout=60)
+        except RemoteError as exc:
+            log.debug("status query failed: %s", exc)
+            return {j: JobInfo(job_id=j, state=JobState.UNKNOWN) for j in job_ids}
+        return self.scheduler.parse_status(out.stdout, job_ids)
+
+    def final_state(self, info: JobInfo) -> JobInfo:
+        """For a job the queue no longer shows, ask accounting why it ended."""
+        argv = self.scheduler.final_argv(info.job_id)
+        if info.state is not JobState.ENDED or argv is None:
+            return info
+        try:
+            out = self.login.run(argv, what="accounting query", check=False, timeout=30)
+        except RemoteError:
+            return info
+        return self.scheduler.parse_final(out.stdout, info.job_id) or info
+
+    def cancel(self, job_id: str, timeout: float = 60, *, sleep: Callable[[float], None] = time.sleep) -> JobInfo:
+        """Cancel and wait until the scheduler reports the job ended (or `timeout`)."""
+        self.login.run(self.scheduler.cancel_argv(job_id), check=False, what="cancel")
+        deadline = time.monotonic() + timeout
+        delay = 0.2
+        while True:
+            info = self.status([job_id])[job_id]
+            if info.state.ended or time.monotonic() > deadline:
+                return info
+            sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def tagged(self) -> list[tuple[str, str]]:
+        """(session id, job id) of the user's queued and running jobs named as hpclab names them."""
+        argv = self.scheduler.tagged_argv()
+        if argv is None:
+            return []
+        return self.scheduler.parse_tagged(self.login.run(argv, check=False, what="list hpclab jobs").stdout)
+
+    # -- session files ----------------------------------------------------------------
+
+    def poll(self, session_id: str, wait: float, until_started: bool, job_id: str | None) -> Snapshot:
+        """Wait up to `wait` s on the cluster for the job to start (or write its rendezvous,
+        or end), then read its files and, with `job_id`, the scheduler's word: one round trip."""
+        status = self.scheduler.status_argv([job_id]) if job_id else []
+        out = self.login.shell(
+            POLL, SessionDir(session_id).path, str(int(wait * 10)), "1" if until_started else "0",
+            *status, check=False, what="poll", timeout=wait + 60,
+        )
+        return parse_snapshot(self.scheduler, out.stdout, out.returncode, job_id, session_id)
+
+    def write_listen(self, session_id: str, transport: str) -> None:
+        sdir = SessionDir(session_id)
+        self.login.shell(WRITE_FILE, sdir.file(sdir.listen), transport, what="write listen file")
+
+    def tail(self, session_id: str, name: str, lines: int = 20) -> str:
+        return self.login.shell(TAIL, SessionDir(session_id).file(name), str(lines), check=False, what="tail").stdout
+
+    def remove_session_dir(self, session_id: str) -> None:
+        if SESSION_ID.fullmatch(session_id):  # never a path of anybody's choosing
+            self.login.shell(REMOVE_DIR, SessionDir(session_id).path, check=False, what="cleanup")
+
+    def discover(self) -> list[RemoteSession]:
+        """The user's hpclab session directories on the cluster, with their job's live state."""
+        out = self.login.shell(DISCOVER, what="list session directories").stdout
+        found: list[RemoteSession] = []
+        for chunk in out.split("@@session ")[1:]:
+            head, _, rest = chunk.partition("\n")
+            submitted, _, rdv = rest.partition("@@rendezvous\n")
+            session_id = head.strip()
+            if not SESSION_ID.fullmatch(session_id):
+                continue
+            try:
+                job_id = self.scheduler.parse_submit(submitted)
+                rendezvous = Rendezvous.parse(rdv, session_id) if rdv.strip() else None
+            except (SchedulerError, ProtocolError) as exc:
+                log.debug("ignoring session directory %s: %s", session_id, exc)
+                continue
+            found.append(RemoteSession(session_id, job_id, rendezvous))
+        if found:
+            infos = self.status([r.job_id for r in found])
+            for r in found:
+                r.job = infos.get(r.job_id)
+        return found
+
+    def read_token(self, session_id: str) -> str:
+        sdir = SessionDir(session_id)
+        return self.login.shell(READ_FILE, sdir.file(sdir.token), what="read the session token").stdout
+
+
+def parse_snapshot(scheduler: Scheduler, stdout: str, returncode: int, job_id: str | None,
+                   session_id: str | None = None) -> Snapshot:
+    """Split the POLL program's output into its @@-headed sections."""
+    sections: dict[str, str] = {}
+    current = None
+    for line in stdout.splitlines(keepends=True):
+        if line.startswith("@@"):
+            current = line[2:].strip()
+            sections[current] = ""
+        elif current:
+            sections[current] += line
+    job = None
+    if job_id and "status" in sections:
+        if returncode == 0:
+            job = scheduler.parse_status(sections["status"], [job_id])[job_id]
+        else:
+            job = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
+    rdv = sections.get(_F.rendezvous, "")
+    ended = sections.get(_F.ended, "")
+    return Snapshot(
+        started=sections.get(_F.started, "").strip() or None,
+        rendezvous=Rendezvous.parse(rdv, session_id) if rdv.strip() else None,
+        ended=Ended.parse(ended) if ended.strip() else None,
+        job=job,
+    )
+
+
+def tunnel_for(cluster: Cluster, rec: SessionRecord) -> Tunnel:
+    """The forward of a session: to the node's socket through the node connection, or to
+    address:port through the login node."""
+    assert rec.local_port
+    if rec.transport == "socket":
+        return Tunnel(cluster.node(rec.node or ""), rec.local_port, rec.socket or "")
+    return Tunnel(cluster.login, rec.local_port, f"{rec.address}:{rec.port}")

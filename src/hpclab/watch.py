@@ -1,0 +1,137 @@
+"""The foreground watcher: while `up` or `attach` runs in the terminal, keep the session
+healthy (probe the lab through the tunnel, re-open master and forward when they die), watch
+the job, warn before the time limit, and say why it ended."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from .cluster import Cluster, Report, quiet, tunnel_for
+from .errors import ConnectError, HpclabError, JobEndedError, TimeLimitError
+from .schedulers import JobInfo, JobState
+from .sessiondir import Ended
+from .state import SessionRecord, lab_url
+from .tunnel import probe, wait_ready
+from .units import human
+
+log = logging.getLogger(__name__)
+
+
+class Watch:
+    """Keeps a running session healthy while `up`/`attach` is in the foreground: probes the
+    lab through the tunnel, re-opens master and forward when they die, watches the job."""
+
+    def __init__(self, rec: SessionRecord, cluster: Cluster, *, report: Report = quiet,
+                 warnings: tuple[int, ...] = (600, 120), clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 lab_probe: Callable[[int, str], int | None] = probe) -> None:
+        self.rec = rec
+        self.cluster = cluster
+        self.report = report
+        self.warn_at = sorted(warnings, reverse=True)
+        self.clock = clock
+        self.sleep = sleep
+        self.probe = lab_probe
+        self.deadline: float | None = None
+        self.reconnects = 0
+
+    def run(self, probe_every: float = 2.0, job_every: float = 30.0) -> None:
+        """Returns never; raises JobEndedError/TimeLimitError when the job ends. While the
+        login node cannot be reached (laptop asleep, network changed) it keeps trying."""
+        next_job = 0.0
+        warned: set[int] = set()
+        offline_since: float | None = None
+        while True:
+            now = self.clock()
+            try:
+                if now >= next_job:
+                    self._check_job()
+                    next_job = now + job_every
+                if self.probe(self.rec.local_port or 0, self.rec.token) != 200:
+                    self._repair()
+            except ConnectError as exc:
+                if offline_since is None:
+                    offline_since = now
+                    self.report("offline", f"cannot reach {self.rec.host} ({exc.message}); retrying")
+                next_job = now  # ask the scheduler as soon as the login node answers again
+                self.sleep(min(10.0, probe_every * 2))
+                continue
+            if offline_since is not None:
+                self.report("online", f"{self.rec.host} answers again after {self.clock() - offline_since:.0f} s")
+                offline_since = None
+            if self.deadline is not None:
+                left = self.deadline - self.clock()
+                for mark in self.warn_at:
+                    if left <= mark and mark not in warned:
+                        warned.add(mark)
+                        self.report("walltime", f"{int(left // 60)} min {int(left % 60)} s left before the time limit")
+                        next_job = min(next_job, now + max(5.0, left - 5))
+                if left <= 0:
+                    next_job = min(next_job, now + 5)
+                self.report("tick", f"job {self.rec.job_id} on {self.rec.node}, {human(max(0, left))} left, "
+                                    f"lab at {lab_url(self.rec.local_port or 0)}")
+            self.sleep(probe_every)
+
+    def _check_job(self) -> None:
+        rec = self.rec
+        assert rec.job_id
+        info = self.cluster.status([rec.job_id])[rec.job_id]
+        if info.time_left is not None:
+            self.deadline = self.clock() + info.time_left
+        if info.state.ended:
+            raise self.ended(info)
+
+    def ended(self, info: JobInfo, ended: Ended | None = None) -> JobEndedError:
+        """The error that says why the job ended, from its end marker and the scheduler."""
+        if ended is None:
+            ended = self.cluster.poll(self.rec.id, 0, False, None).ended
+        reason = ended.reason if ended else None
+        info = self.cluster.final_state(info)
+        if info.state is JobState.TIMEOUT or reason == "timelimit":
+            return TimeLimitError(f"time limit reached: job {info.job_id} has ended",
+                                  hint="start a new session with a longer --time")
+        if reason == "cancelled" and not info.state.ended:
+            info = JobInfo(info.job_id, JobState.CANCELLED, raw_state="CANCELLED")
+        why = info.state.reason if info.state.ended else "the lab stopped"
+        if info.state in (JobState.ENDED, JobState.UNKNOWN, JobState.RUNNING) and reason == "exited":
+            why = "Jupyter exited (idle shutdown, or shut down from the lab's menu)"
+        return JobEndedError(f"job {info.job_id} has ended: {why}",
+                             hint=f"the scheduler reports {info.raw_state or info.state.value}")
+
+    def _repair(self) -> None:
+        """The lab does not answer through the tunnel: tell a dead job from a dead tunnel."""
+        rec = self.rec
+        started = self.clock()
+        alive = self.cluster.login.alive()
+        if alive:
+            # One round trip says whether the job has ended (its end marker, or the scheduler).
+            snap = self.cluster.poll(rec.id, 0, False, rec.job_id)
+            if snap.ended or (snap.job and snap.job.state.ended):
+                raise self.ended(snap.job or JobInfo(rec.job_id or "", JobState.ENDED), snap.ended)
+            if self.probe(rec.local_port or 0, rec.token) == 200:
+                return  # a blip
+        self.report("reconnect", "the tunnel is down; reconnecting" if alive else
+                    "the connection to the login node is gone; reconnecting")
+        if not _try(self.cluster.login.connect):
+            return
+        self._check_job()
+        tunnel = tunnel_for(self.cluster, rec)
+        tunnel.close()
+        if not _try(tunnel.open):
+            return
+        if wait_ready(rec.local_port or 0, rec.token, timeout=10):
+            self.reconnects += 1
+            self.report("reconnected", f"tunnel re-established on 127.0.0.1:{rec.local_port} "
+                                       f"in {self.clock() - started:.1f} s")
+
+
+def _try(fn: Callable[[], None]) -> bool:
+    try:
+        fn()
+    except HpclabError as exc:
+        log.debug("retry later: %s", exc)
+        return False
+    return True
+
