@@ -163,7 +163,7 @@ class Launch:
         rec.state = "running"
         self.store.save(rec)
         self.report("ready", "JupyterLab answers through the tunnel")
-        return Ready(rec, t, self.ctx.counters, tuple(self.warnings))
+        return Ready(rec, t, self.cluster.login.counters, tuple(self.warnings))
 
     def watch(self) -> None:
         """Keep the session healthy in the foreground; raises JobEndedError when it ends."""

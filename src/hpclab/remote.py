@@ -308,13 +308,14 @@ class LocalRemote(Remote):
     For tests and for trying hpclab without a cluster; it authenticates nobody."""
 
     def __init__(self, home: Path, host: str = "localhost", *, env: dict[str, str] | None = None,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None, forwards: dict[str, _Relay] | None = None) -> None:
         self.home = home
         self.host = host
         self.env = env
         self.counters = counters or Counters()
         self._open = False
-        self._forwards: dict[str, _Relay] = {}
+        # shared with hop()s, as an ssh master's forwards are one process's: close() ends them all
+        self._forwards: dict[str, _Relay] = {} if forwards is None else forwards
 
     def connect(self) -> None:
         if not self._open:
@@ -366,7 +367,7 @@ class LocalRemote(Remote):
             relay.close()
 
     def hop(self, dest: str) -> LocalRemote:
-        return LocalRemote(self.home, dest, env=self.env, counters=self.counters)
+        return LocalRemote(self.home, dest, env=self.env, counters=self.counters, forwards=self._forwards)
 
 
 class _Relay:
@@ -397,14 +398,23 @@ class _Relay:
             except OSError:
                 client.close()  # as ssh does: accept, then drop when the target refuses
                 continue
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=_relay_pair, args=(client, upstream), daemon=True).start()
 
     def close(self) -> None:
         self._closed = True
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+
+
+def _relay_pair(a: socket.socket, b: socket.socket) -> None:
+    """Copy both ways until both sides have finished, then close both."""
+    other = threading.Thread(target=_pump, args=(b, a), daemon=True)
+    other.start()
+    _pump(a, b)
+    other.join()
+    a.close()
+    b.close()
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import profiles
@@ -45,14 +45,12 @@ class Context:
     error: Callable[[str, str | None], None] = lambda message, hint: log.error("%s (%s)", message, hint)
     # Cleanup that must finish runs inside it (the CLI ignores further Ctrl-C there).
     shield: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
-    counters: Counters = field(default_factory=Counters)
 
     @classmethod
     def ssh(cls, paths: Paths, **kw: Any) -> Context:
         """The real thing: the system ssh, one ControlMaster per login node."""
-        counters = Counters()
-        return cls(paths, lambda host, opts: SshRemote(host, opts, paths.control_dir, counters=counters),
-                   counters=counters, **kw)
+        counters = Counters()  # what this command cost, over all its connections
+        return cls(paths, lambda host, opts: SshRemote(host, opts, paths.control_dir, counters=counters), **kw)
 
     @property
     def store(self) -> Store:

@@ -338,7 +338,7 @@ def test_none_submit_and_cancel() -> None:
     text = sched.submit_shell('"$d/job.sh"')
     assert "!" not in text and "\n" not in text  # it passes through csh-family login shells
     assert text.startswith("setsid ") and "</dev/null >/dev/null 2>&1 &" in text
-    assert sched.cancel_argv("4242") == ["kill", "-TERM", "--", "-4242"]
+    assert sched.cancel_argv("4242") == ["env", "kill", "-TERM", "--", "-4242"]
     assert sched.parse_submit("4242\n") == "4242"
     assert sched.directives(spec()) == [
         'exec </dev/null >>"$HOME"/.hpclab/sessions/0123abcd/job.out 2>>"$HOME"/.hpclab/sessions/0123abcd/job.err'

@@ -23,7 +23,9 @@ class NoScheduler(Scheduler):
     title = "no scheduler"
     directive = "#"
     submit = ("setsid",)
-    cancel = ("kill", "-TERM", "--")
+    # `env kill`: the system's kill, not the login shell's builtin (dash and tcsh refuse "--",
+    # and dash a negative pid, so the process group would survive a cancel there)
+    cancel = ("env", "kill", "-TERM", "--")
     job_id_var = "$$"
     signals_before_end = False
     states: ClassVar[Mapping[str, JobState]] = {
