@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
 
-from hpclab.jobscript import JobOptions, jupyter_args, render, shell_path
+from hpclab.errors import ConfigError
+from hpclab.jobscript import BODY, JobOptions, jupyter_args, render, shell_path
 from hpclab.schedulers import JobSpec, get
 
 
@@ -62,3 +64,27 @@ def test_shell_path_is_data(path: str, tmp_path) -> None:  # type: ignore[no-unt
                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}, check=True).stdout
     expected = str(tmp_path) + path[1:] if path.startswith("~") else path
     assert out == expected
+
+
+def test_a_template_keeps_its_own_braces_and_needs_a_body() -> None:
+    template = '#!/bin/bash\n{directives}\nsite_setup() { echo "${SITE:-x}"; }\n{body}\n'
+    text = render(get("slurm"), spec(), JobOptions("0123abcd", "tcp"), template=template)
+    assert 'site_setup() { echo "${SITE:-x}"; }\n' in text
+    assert "#SBATCH --job-name=hpclab-0123abcd" in text and "hpclab_write rendezvous.json" in text
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+    with pytest.raises(ConfigError, match=r"no \{body\}"):
+        render(get("slurm"), spec(), JobOptions("0123abcd", "tcp"), template="#!/bin/bash\n{directives}\n")
+
+
+def _json_function() -> str:
+    body = BODY.replace("{{", "{").replace("}}", "}")
+    start = body.index("hpclab_json() {")
+    return body[start:body.index("\n}\n", start) + 3]
+
+
+@pytest.mark.parametrize("value", ["node1", 'a"b', "back\\slash", "tab\there", "new\nline", "q'uote", "ünï", "",
+                                   "/tmp/with space", "\x01\x1f"])
+def test_the_rendezvous_is_valid_json_whatever_the_host_name_or_tmpdir(value: str) -> None:
+    out = subprocess.run(["bash", "-c", _json_function() + 'hpclab_json "$1"', "x", value],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == value
