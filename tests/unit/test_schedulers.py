@@ -208,16 +208,6 @@ def test_sge_ended_job_is_gone_from_qstat() -> None:
     assert get("sge").parse_status(failed, ["2"])["2"].state is JobState.UNKNOWN
 
 
-@pytest.mark.parametrize(("raw", "state"), [
-    ("qw", JobState.PENDING), ("hqw", JobState.PENDING), ("hRwq", JobState.PENDING), ("r", JobState.RUNNING),
-    ("t", JobState.RUNNING), ("Rr", JobState.RUNNING), ("dr", JobState.RUNNING), ("dRr", JobState.RUNNING),
-    ("Eqw", JobState.FAILED), ("EhRqw", JobState.FAILED), ("s", JobState.PENDING), ("ts", JobState.RUNNING),
-    ("", JobState.UNKNOWN),
-])
-def test_sge_states(raw: str, state: JobState) -> None:
-    assert get("sge").state(raw) is state
-
-
 @pytest.mark.parametrize(("name", "job_id", "state"), [
     ("qacct-completed.txt", "4", JobState.COMPLETED),
     ("qacct-failed.txt", "5", JobState.FAILED),
