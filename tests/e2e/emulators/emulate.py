@@ -14,6 +14,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -110,6 +111,21 @@ def hms(seconds: int) -> str:
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def pbs_json(value: object, level: int = 0) -> str:
+    """JSON the way PBS Pro's qstat -F json lays it out (19.x, as published in buildtest's and
+    MetaCentrum's examples): four spaces per level, no space after the colon, one member a line."""
+    pad = "    " * (level + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{pad}{json.dumps(k)}:{pbs_json(v, level + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "    " * level + "}"
+    if isinstance(value, list):
+        items = [f"{pad}{pbs_json(v, level + 1)}" for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + "    " * level + "]"
+    return json.dumps(value)
+
+
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
          "DEADLINE"}
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
@@ -187,7 +203,7 @@ def pbs_qstat() -> None:
         if state == "F":
             job["Exit_status"] = pbs_exit(info, -29)
         jobs[f"{seq}.{SERVER}"] = job
-    print(json.dumps({"timestamp": 0, "pbs_version": "2022.1.1", "pbs_server": SERVER, "Jobs": jobs}, indent=4))
+    print(pbs_json({"timestamp": int(time.time()), "pbs_version": "19.0.0", "pbs_server": SERVER, "Jobs": jobs}))
     for job_id in unknown:
         print(f"qstat: Unknown Job Id {job_id}", file=sys.stderr)
     sys.exit(153 if unknown else 0)
