@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,12 +82,12 @@ def test_exit_status_is_what_the_job_did(emu: Path, sacct: str, pbs: int, torque
     assert f'"EXIT_CODE":"{lsf}"' in out.stdout
 
 
-def test_a_job_qdel_ended_through_its_trap_reads_as_completed(emu: Path) -> None:
-    """What real PBS would report for hpclab's job after qdel: the job script traps TERM and
-    exits with Jupyter's status, 0, so Exit_status says nothing of the cancel."""
+def test_a_job_qdel_ended_through_its_trap_is_not_called_completed(emu: Path) -> None:
+    """What real PBS reports for hpclab's job after qdel: the job script traps TERM and exits
+    with Jupyter's status, 0, so Exit_status says nothing of the cancel: ended, not completed."""
     slurm(emu, sacct=CANCELLED_TRAPPED)
     out = call(emu, "pbs", "qstat", "-f", "-F", "json", "-x", "42.tc-login")
-    assert get("pbs").parse_status(guarded_output(out), ["42.tc-login"])["42.tc-login"].state is JobState.COMPLETED
+    assert get("pbs").parse_status(guarded_output(out), ["42.tc-login"])["42.tc-login"].state is JobState.ENDED
 
 
 @pytest.mark.parametrize(("scheduler", "tool", "job", "rc", "message"), [
@@ -141,13 +143,34 @@ def test_torque_output_is_spooled_until_the_job_ends(emu: Path) -> None:
     assert proc.returncode == 0 and (run / "out.txt").read_text() == "hi\n"  # ... and is there at the end
 
 
-def test_lsf_warning_goes_to_every_process_of_the_job(emu: Path) -> None:
-    script = "#!/bin/bash\n#BSUB -W 0:03\n#BSUB -wa USR1\n#BSUB -wt 2\nsleep 1\n"
+CHILD = """import os, signal, sys, time
+def got(*a):
+    open(sys.argv[1], "w").write("got")
+    os._exit(0)
+signal.signal(signal.SIGUSR1, got)
+time.sleep(30)
+"""
+
+
+def test_lsf_warning_goes_to_every_process_of_the_job(emu: Path, tmp_path: Path) -> None:
+    """-wa USR1 -wt 1 on a one-minute job: at once (limit - 1 min), USR1 reaches the job script
+    and a process in a session of its own, as a kernel is (SLURM's B: reaches the script only)."""
+    (tmp_path / "child.py").write_text(CHILD)
+    script = ("#!/bin/bash\n#BSUB -W 0:01\n#BSUB -wa USR1\n#BSUB -wt 1\n"
+              f"setsid {sys.executable} {tmp_path}/child.py {tmp_path}/child-got &\n"
+              f"trap 'echo got > {tmp_path}/script-got; exit 0' USR1\n"
+              "for i in $(seq 100); do sleep 0.1; done\n")
     fake = emu.parent / "fake"
     (fake / "sbatch").write_text("#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$FAKE/sbatch.args\"\n"
                                  "cat > \"$FAKE/wrapper\"\necho 42\n")
     env = {"PATH": f"{fake}:/usr/bin:/bin", "FAKE": str(fake)}
     subprocess.run([str(emu / "lsf" / "bsub")], input=script, text=True, env=env, check=True, capture_output=True)
-    wrapper = (fake / "wrapper").read_text()
     assert "--signal=B:" not in (fake / "sbatch.args").read_text()  # not only the batch shell
-    assert "( sleep 60 && scancel --full --signal=USR1 \"$SLURM_JOB_ID\" )" in wrapper
+    proc = subprocess.run(["bash", str(fake / "wrapper")], cwd=tmp_path, env={**env, "SLURM_JOB_ID": "42"},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "child-got").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "script-got").read_text() == "got\n"
+    assert (tmp_path / "child-got").read_text() == "got"

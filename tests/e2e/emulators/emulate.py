@@ -60,10 +60,17 @@ def submit(script: str, *, name: str, out: str, err: str, seconds: int, cpus: in
     lines = ["#!/bin/bash", f'export {id_var}="$SLURM_JOB_ID{suffix}"']
     if warn:
         sig, before = warn
-        # scancel --full signals the batch step too, and every process SLURM tracks in it (the
-        # test cluster's proctrack/linuxproc follows all descendants, kernels included).
-        lines.append(f"( sleep {max(1, seconds - before)} && scancel --full --signal={sig} \"$SLURM_JOB_ID\" )"
-                     " >/dev/null 2>&1 &")
+        # Every process of the job, as LSF's process tracking finds them: the job script's
+        # whole tree of descendants, also those in sessions of their own (Jupyter's kernels).
+        # SLURM's scancel --full reaches only the batch script's process group.
+        lines.append("emu_top=$$")
+        lines.append(
+            f"( sleep {max(1, seconds - before)}; pids=$emu_top; all=$emu_top; "
+            "while [ -n \"$pids\" ]; do pids=$(ps -e -o pid=,ppid= | "
+            "awk -v p=\" $pids \" 'index(p, \" \" $2 \" \") {print $1}' | tr '\\n' ' '); "
+            "all=\"$all $pids\"; done; "
+            f"for p in $all; do [ \"$p\" = \"$BASHPID\" ] || kill -{sig} \"$p\"; done ) >/dev/null 2>&1 &"
+        )
     if spool_output:
         job_out, job_err = f"{path}.OU", f"{path}.ER"
         # the copy happens when the job script has ended, whatever ended it; a TERM from
