@@ -102,7 +102,7 @@ def test_pbs_queued_job_has_reason_and_estimate() -> None:
 
 
 @pytest.mark.parametrize(("name", "job_id", "state"), [
-    ("qstat-finished.json", "1236.pbs01", JobState.COMPLETED),
+    ("qstat-finished.json", "1236.pbs01", JobState.ENDED),
     ("qstat-deleted.json", "1237.pbs01", JobState.CANCELLED),
     ("qstat-walltime.json", "1238.pbs01", JobState.TIMEOUT),
     ("qstat-oom.json", "1239.pbs01", JobState.OUT_OF_MEMORY),
@@ -163,7 +163,7 @@ def test_torque_queued_job() -> None:
 
 
 @pytest.mark.parametrize(("name", "job_id", "state"), [
-    ("qstat-x-completed.xml", "2347.torque01", JobState.COMPLETED),
+    ("qstat-x-completed.xml", "2347.torque01", JobState.ENDED),
     ("qstat-x-deleted.xml", "2348.torque01", JobState.CANCELLED),
     ("qstat-x-walltime.xml", "2349.torque01", JobState.TIMEOUT),
     ("qstat-x-memory.xml", "2350.torque01", JobState.OUT_OF_MEMORY),
