@@ -16,13 +16,14 @@ afterwards.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab import ForcedLogin, Hpclab, hpclab, run_cell, tc, user_jobs
+from lab import ForcedLogin, Hpclab, hpclab, run_cell, tc, tcx, user_jobs, wait_for
 
 __all__ = ["hpclab"]
 
@@ -38,7 +39,7 @@ class Emulated:
         self.user = self.login.user
         self.dest = self.login.home / f".hpclab-emulators-{self.login.token}"
 
-    def install(self, scheduler: str) -> str:
+    def install(self, scheduler: str, time: str = "00:30:00") -> str:
         """Copy the emulators, authorize the key with its PATH, write a profile; returns its name."""
         shutil.copytree(EMULATORS, self.dest, ignore=shutil.ignore_patterns("__pycache__", "spool"))
         self.login.chown(self.dest)
@@ -46,10 +47,22 @@ class Emulated:
         name = f"emulated-{scheduler}"
         self.hpclab.write_config(
             f"[profiles.{name}]\nhost = \"tc-login-forced\"\nssh_options = [\"-F\", \"{ssh_config}\"]\n"
-            f"scheduler = \"{scheduler}\"\ntime = \"00:30:00\"\n"
+            f"scheduler = \"{scheduler}\"\ntime = \"{time}\"\n"
             f"setup = \"source {tc('TC_JUPYTER_VENV')}/bin/activate\"\n"
         )
         return name
+
+    def force_state(self, state: str | None) -> None:
+        """Make the emulated status query report `state` for every job that has not ended."""
+        knob = self.dest / "force-state"
+        if state is None:
+            knob.unlink(missing_ok=True)
+        else:
+            knob.write_text(state + "\n")
+            self.login.chown(knob)
+
+    def session_file(self, session_id: str, name: str) -> Path:
+        return self.login.home / ".hpclab" / "sessions" / session_id / name
 
     def remove(self) -> None:
         self.login.remove()
@@ -116,3 +129,69 @@ def test_emulated_lsf_up_runs_a_cell_lists_and_stops(hpclab: Hpclab, emulated: E
 
 def test_emulated_lsf_ctrl_c_leaves_no_job(hpclab: Hpclab, emulated: Emulated) -> None:
     ctrl_c_leaves_no_job(hpclab, emulated, "lsf")
+
+
+# -- what the real schedulers do that hpclab must live with --------------------------------------
+
+
+@pytest.mark.parametrize(("scheduler", "raw"), [("pbs", "S"), ("pbs", "H"), ("torque", "S"), ("lsf", "USUSP"),
+                                                ("lsf", "SSUSP")])
+def test_emulated_suspended_or_held_job_is_listed_pending_then_running_again(
+        hpclab: Hpclab, emulated: Emulated, scheduler: str, raw: str) -> None:
+    profile = emulated.install(scheduler)
+    info = hpclab.json("up", profile, "--detach", "--no-browser")
+    emulated.force_state(raw)
+    assert [s["state"] for s in hpclab.json("list")] == ["pending"]
+    emulated.force_state(None)
+    assert [s["state"] for s in hpclab.json("list")] == ["running"]
+    hpclab.json("stop", info["id"])
+
+
+@pytest.mark.parametrize("scheduler", ["pbs", "torque", "lsf"])
+def test_emulated_stop_of_a_job_that_already_ended(hpclab: Hpclab, emulated: Emulated, scheduler: str) -> None:
+    """The job ended behind hpclab's back: qdel/bkill then refuses it (finished), and stop still
+    ends the session cleanly."""
+    profile = emulated.install(scheduler)
+    info = hpclab.json("up", profile, "--detach", "--no-browser")
+    slurm_id = info["job_id"].split(".")[0]
+    tcx("login", ["scancel", slurm_id])
+    wait_for(lambda: slurm_id not in user_jobs(emulated.user), 60, what="the job to end")
+    cancel = {"pbs": "qdel", "torque": "qdel", "lsf": "bkill"}[scheduler]
+    refused = tcx("login", [str(emulated.dest / scheduler / cancel), info["job_id"]], user=emulated.user, check=False)
+    assert refused.returncode != 0 and ("finished" in refused.stderr or "COMPLETE" in refused.stderr)
+    stopped = hpclab.json("stop", info["id"])
+    assert stopped[0]["state"] not in ("running", "pending", "unknown")
+    assert hpclab.json("list") == []
+
+
+@pytest.mark.parametrize(("scheduler", "empty"), [("pbs", False), ("torque", True)])
+def test_emulated_torque_output_appears_only_when_the_job_ends(hpclab: Hpclab, emulated: Emulated, scheduler: str,
+                                                               empty: bool) -> None:
+    """Torque copies the job's output to -o/-e at the end: while the lab runs, job.err stays
+    empty (Jupyter's log is in the node's spool), unlike PBS Pro with -k oed."""
+    profile = emulated.install(scheduler)
+    info = hpclab.json("up", profile, "--detach", "--no-browser")
+    err = emulated.session_file(info["id"], "job.err")
+    assert (err.stat().st_size == 0) is empty, (scheduler, err.read_text()[:200])
+    hpclab.json("stop", info["id"])
+
+
+def test_emulated_lsf_warning_signal_reaches_every_process_of_the_job(hpclab: Hpclab, emulated: Emulated) -> None:
+    """bsub -wa USR1 -wt 2 on a 3-minute job: one minute in, LSF signals every process of the
+    job, the kernels too (not only the job script, as SLURM's --signal=B: would). The kernel
+    here catches it to show it arrived; a kernel with Python's default action dies of it."""
+    profile = emulated.install("lsf", time="00:03:00")
+    info = hpclab.json("up", profile, "--detach", "--no-browser")
+    marker = emulated.login.home / f".usr1-{emulated.login.token}"
+    code = ("import signal, os\n"
+            f"signal.signal(signal.SIGUSR1, lambda *a: open({str(marker)!r}, 'w').write(str(os.getpid())))\n"
+            "print(os.getpid())")
+    kernel_pid = run_cell(info["url"], code).strip()
+    try:
+        assert wait_for(lambda: marker.exists() and marker.read_text(), 150, interval=1,
+                        what="USR1 in the kernel") == kernel_pid
+        ended = emulated.session_file(info["id"], "ended.json")
+        wait_for(ended.exists, 60, interval=1, what="the job script to end")
+        assert json.loads(ended.read_text())["reason"] == "timelimit"  # the job script's own trap
+    finally:
+        marker.unlink(missing_ok=True)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
+import queue
+import re
 import stat
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,22 +83,61 @@ def test_corrupt_record_is_reported_not_a_crash(tmp_path: Path) -> None:
     assert sorted(p.path.name for p in store.problems) == ["bad.json", "future.json"]
 
 
-def _save_many(home: str, start: int) -> None:
+WRITERS, THREADS, ROUNDS, IDS = 4, 3, 30, 5
+
+
+def _writer(home: str, barrier: Any, writer: int, errors: Any) -> None:
+    """One process: THREADS threads that each save the same IDS records ROUNDS times, all
+    released together (the lock is what keeps two saves of one pid from sharing a temp file)."""
     store = Store(Paths.from_env({"HPCLAB_HOME": home, "HOME": home}))
-    for i in range(start, start + 25):
-        store.save(record(i))
+    inner = threading.Barrier(THREADS)
+
+    def run(thread: int) -> None:
+        inner.wait()
+        for n in range(ROUNDS):
+            for i in range(IDS):
+                rec = record(i)
+                rec.ended_reason = f"w{writer}t{thread}n{n}"  # who wrote it, to tell versions apart
+                try:
+                    store.save(rec)
+                except Exception as exc:  # reported to the parent, which fails
+                    errors.put(f"{writer}/{thread}: {exc!r}")
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(THREADS)]
+    barrier.wait()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    """Writers in several processes and threads, started together behind a barrier, save the
+    same records over and over: every save succeeds, and every record on disk is one whole
+    record some writer saved (no mix of two, no temp file left)."""
     home = str(tmp_path / "home")
-    procs = [multiprocessing.Process(target=_save_many, args=(home, n * 100)) for n in range(4)]
+    Store(Paths.from_env({"HPCLAB_HOME": home, "HOME": home})).save(record(0))  # the dirs exist
+    ctx = multiprocessing.get_context("fork")
+    barrier, errors = ctx.Barrier(WRITERS), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(home, barrier, w, errors)) for w in range(WRITERS)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join()
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * WRITERS
+    failures = []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            failures.append(errors.get(timeout=0.5))
+    assert failures == []
     store = Store(Paths.from_env({"HPCLAB_HOME": home, "HOME": home}))
-    assert len(store.all()) == 100
+    records = store.all()
     assert store.problems == []
+    assert sorted(r.id for r in records) == [record(i).id for i in range(IDS)]
+    for r in records:
+        assert re.fullmatch(r"w[0-9]+t[0-9]+n[0-9]+", r.ended_reason or ""), r.ended_reason
+        assert r == SessionRecord(**{**record(int(r.id[1:])).__dict__, "ended_reason": r.ended_reason})
+    assert not [p.name for p in store.paths.sessions_dir.iterdir() if p.name.startswith(".")]
 
 
 def test_delete_is_idempotent(tmp_path: Path) -> None:

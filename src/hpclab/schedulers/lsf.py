@@ -42,8 +42,10 @@ class Lsf(Scheduler):
         "WAIT": JobState.PENDING,  # a chunk job waiting for its turn
         "PROV": JobState.PENDING,  # its host is being provisioned
         "RUN": JobState.RUNNING,
-        "USUSP": JobState.RUNNING,  # suspended with its resources still held
-        "SSUSP": JobState.RUNNING,
+        # suspended after dispatch (bstop, or by LSF for load or preemption): the lab does not
+        # answer but the job is not over, as SLURM's SUSPENDED and PBS's S
+        "USUSP": JobState.PENDING,
+        "SSUSP": JobState.PENDING,
         "DONE": JobState.COMPLETED,
         "EXIT": JobState.FAILED,  # EXIT_REASON / EXIT_CODE refine it
         "ZOMBI": JobState.ENDED,  # killed while its host was unreachable

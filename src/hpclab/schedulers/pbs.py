@@ -1,7 +1,8 @@
 """PBS Professional and OpenPBS: qsub, qstat -f -F json -x, qdel.
 
 Exit_status of a finished job (qstat -x, job_state F), from OpenPBS src/include/job.h and
-the sites' tables: 0 success; negative values are PBS's own (JOB_EXEC_KILL_WALLTIME -29,
+the sites' tables: 0 the job script's own status (for hpclab's script: ended, see
+exit_state); negative values are PBS's own (JOB_EXEC_KILL_WALLTIME -29,
 JOB_EXEC_KILL_MEM -27, JOB_EXEC_KILL_VMEM -26, ...); 256 + N when a signal N killed the
 job, so 271 after qdel's SIGTERM (older servers also report walltime kills as 271);
 anything else is the job script's own exit status.
@@ -70,10 +71,11 @@ def unknown_ids(stderr: str) -> set[str]:
 
 def exit_state(code: int | None, walltime: int = -29, memory: tuple[int, ...] = (-27, -26)) -> JobState:
     """A finished job's state from its exit status (see the module docstring)."""
-    if code is None:
+    if code is None or code == 0:
+        # 0 is the job script's own status, and hpclab's script exits 0 however Jupyter was
+        # stopped: idle shutdown, qdel's SIGTERM (which it traps), its own timer. PBS keeps
+        # no record of the qdel, so 0 says "ended", and the session's end marker says why.
         return JobState.ENDED
-    if code == 0:
-        return JobState.COMPLETED
     if code == walltime:
         return JobState.TIMEOUT
     if code in memory:

@@ -51,7 +51,8 @@ class Sge(Scheduler):
         "T": JobState.PENDING,
         "Eqw": JobState.FAILED,  # an error keeps it queued until someone clears or deletes it
         "Ehqw": JobState.FAILED,
-        "z": JobState.COMPLETED,
+        # zombie: finished, how is for qacct to say (ENDED makes the caller ask it)
+        "z": JobState.ENDED,
     }
 
     def resource_directives(self, spec: JobSpec) -> list[str]:
@@ -119,9 +120,13 @@ class Sge(Scheduler):
             return JobState.UNKNOWN
         if "E" in raw:
             return JobState.FAILED
+        if any(c in raw for c in "sST"):  # suspended (ts, Rs, dS ...): not usable, not over
+            return JobState.PENDING
+        if "z" in raw:
+            return JobState.ENDED
         if "r" in raw or "t" in raw:
             return JobState.RUNNING
-        if "q" in raw or "w" in raw or any(c in raw for c in "sST"):
+        if "q" in raw or "w" in raw:
             return JobState.PENDING
         return JobState.UNKNOWN
 

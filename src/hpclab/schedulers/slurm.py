@@ -30,6 +30,7 @@ class Slurm(Scheduler):
         "REQUEUE_FED": JobState.PENDING,
         "REQUEUE_HOLD": JobState.PENDING,
         "RESV_DEL_HOLD": JobState.PENDING,
+        # suspended or stopped: neither usable nor over (the same in every scheduler)
         "SUSPENDED": JobState.PENDING,
         "RUNNING": JobState.RUNNING,
         "COMPLETING": JobState.RUNNING,
@@ -42,7 +43,8 @@ class Slurm(Scheduler):
         "DEADLINE": JobState.TIMEOUT,
         "PREEMPTED": JobState.CANCELLED,
         "REVOKED": JobState.CANCELLED,
-        "SPECIAL_EXIT": JobState.FAILED,
+        # squeue(1): "requeued in a special state" (held until released), not an end
+        "SPECIAL_EXIT": JobState.PENDING,
         "STOPPED": JobState.PENDING,
         "CANCELLED": JobState.CANCELLED,
         "TIMEOUT": JobState.TIMEOUT,

@@ -1,11 +1,11 @@
 """Torque (with Moab or Maui): qsub, qstat -x (XML), qdel.
 
 exit_status of a completed job (job_state C), from Adaptive Computing's documentation
-("Job exit status"): 0 success; Torque's own negative codes (-10 memory limit, -11 walltime
-limit, -12 CPU time limit, -1 to -9 and -13, -14 failures to start); 271 (256 + SIGTERM)
-for a running job that qdel cancelled; anything else is the job script's own exit status.
-A completed job stays visible for the server's keep_completed seconds, then qstat says
-"Unknown Job Id".
+("Job exit status"): 0 is the job script's own status (ended, as for PBS); Torque's own
+negative codes (-10 memory limit, -11 walltime limit, -12 CPU time limit, -1 to -9 and
+-13, -14 failures to start); 271 (256 + SIGTERM) for a running job that qdel's signal
+killed; anything else is the job script's own exit status. A completed job stays visible
+for the server's keep_completed seconds, then qstat says "Unknown Job Id".
 """
 
 from __future__ import annotations

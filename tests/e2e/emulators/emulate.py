@@ -14,6 +14,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -46,20 +47,57 @@ def clock_seconds(text: str) -> int:
 
 
 def submit(script: str, *, name: str, out: str, err: str, seconds: int, cpus: int, id_var: str, suffix: str,
-           extra: list[str] | None = None) -> str:
-    """sbatch a wrapper that sets the emulated scheduler's job id variable and runs `script`."""
+           extra: list[str] | None = None, spool_output: bool = False, warn: tuple[str, int] | None = None) -> str:
+    """sbatch a wrapper that sets the emulated scheduler's job id variable and runs `script`.
+
+    spool_output: the job writes to a spool file that is copied to `out`/`err` only when it
+    ends (Torque's pbs_mom without direct output). warn: (signal, seconds before the limit)
+    sent to every process of the job, as LSF's bsub -wa/-wt does."""
     spool = HERE / "spool"
     spool.mkdir(exist_ok=True)
     path = spool / f"{uuid.uuid4().hex}.sh"
     path.write_text(script)
-    wrapper = f'#!/bin/bash\nexport {id_var}="$SLURM_JOB_ID{suffix}"\nexec /bin/bash {shlex.quote(str(path))}\n'
+    lines = ["#!/bin/bash", f'export {id_var}="$SLURM_JOB_ID{suffix}"']
+    if warn:
+        sig, before = warn
+        # Every process of the job, as LSF's process tracking finds them: the job script's
+        # whole tree of descendants, also those in sessions of their own (Jupyter's kernels).
+        # SLURM's scancel --full reaches only the batch script's process group.
+        lines.append("emu_top=$$")
+        lines.append(
+            f"( sleep {max(1, seconds - before)}; pids=$emu_top; all=$emu_top; "
+            "while [ -n \"$pids\" ]; do pids=$(ps -e -o pid=,ppid= | "
+            "awk -v p=\" $pids \" 'index(p, \" \" $2 \" \") {print $1}' | tr '\\n' ' '); "
+            "all=\"$all $pids\"; done; "
+            f"for p in $all; do [ \"$p\" = \"$BASHPID\" ] || kill -{sig} \"$p\"; done ) >/dev/null 2>&1 &"
+        )
+    if spool_output:
+        job_out, job_err = f"{path}.OU", f"{path}.ER"
+        # the copy happens when the job script has ended, whatever ended it; a TERM from
+        # scancel reaches this shell too, which waits for the script instead of dying
+        lines += ["trap '' TERM INT HUP", f"/bin/bash {shlex.quote(str(path))} >{shlex.quote(job_out)} "
+                  f"2>{shlex.quote(job_err)} & wait $!; rc=$?",
+                  f"cat {shlex.quote(job_out)} >>{shlex.quote(out)}; cat {shlex.quote(job_err)} >>{shlex.quote(err)}",
+                  "exit $rc"]
+        out = err = "/dev/null"
+    else:
+        lines.append(f"exec /bin/bash {shlex.quote(str(path))}")
     argv = ["sbatch", "--parsable", "-J", name, "-o", out, "-e", err, "-t", str(max(1, -(-seconds // 60))),
             "-N", "1", "-n", "1", "-c", str(cpus), *(extra or [])]
-    proc = run(argv, wrapper)
+    proc = run(argv, "\n".join(lines) + "\n")
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         sys.exit(proc.returncode)
     return proc.stdout.strip().split(";")[0]
+
+
+def forced_state() -> str | None:
+    """A state to report for every job that has not ended, e.g. H or S (PBS), USUSP (LSF):
+    the first word of the file `force-state` next to this module, if there is one."""
+    try:
+        return (HERE / "force-state").read_text().split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def queue() -> dict[str, dict[str, str]]:
@@ -75,11 +113,14 @@ def queue() -> dict[str, dict[str, str]]:
 
 
 def accounting(job_id: str) -> dict[str, str] | None:
+    """sacct's record: ExitCode is "status:signal", the job script's exit status or the
+    signal that killed it."""
     proc = run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,ExitCode,NodeList,Timelimit,Elapsed"])
     for line in proc.stdout.splitlines():
         values = line.split("|")
         if len(values) == 6 and values[0] == job_id:
-            return {"id": job_id, "state": values[1].split()[0], "exit": values[2].split(":")[0],
+            code, _, sig = values[2].partition(":")
+            return {"id": job_id, "state": values[1].split()[0], "exit": code, "signal": sig or "0",
                     "nodes": values[3], "limit": values[4], "used": values[5], "left": "", "reason": "", "start": ""}
     return None
 
@@ -110,6 +151,21 @@ def hms(seconds: int) -> str:
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def pbs_json(value: object, level: int = 0) -> str:
+    """JSON the way PBS Pro's qstat -F json lays it out (19.x, as published in buildtest's and
+    MetaCentrum's examples): four spaces per level, no space after the colon, one member a line."""
+    pad = "    " * (level + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{pad}{json.dumps(k)}:{pbs_json(v, level + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "    " * level + "}"
+    if isinstance(value, list):
+        items = [f"{pad}{pbs_json(v, level + 1)}" for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + "    " * level + "]"
+    return json.dumps(value)
+
+
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
          "DEADLINE"}
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
@@ -118,7 +174,7 @@ RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
 # -- PBS Pro -------------------------------------------------------------------------------------
 
 
-def pbs_qsub() -> None:
+def pbs_qsub(torque: bool = False) -> None:
     script = sys.stdin.read()
     name, out, err, seconds, cpus = "STDIN", "", "", 3600, 1
     for words in directives(script, "#PBS"):
@@ -138,28 +194,39 @@ def pbs_qsub() -> None:
                         m = re.search(r"(?:ncpus|ppn)=(\d+)", value)
                         cpus = int(m.group(1)) if m else cpus
     job = submit(script, name=name, out=out or f"{name}.o%j", err=err or f"{name}.e%j", seconds=seconds, cpus=cpus,
-                 id_var="PBS_JOBID", suffix=f".{SERVER}")
+                 id_var="PBS_JOBID", suffix=f".{SERVER}", spool_output=torque)
     print(f"{job}.{SERVER}")
+
+
+def torque_qsub() -> None:
+    # Torque's pbs_mom keeps the job's output in its spool and copies it to -o/-e when the
+    # job ends (PBS Pro's -k oed writes it in place; Torque has no such option).
+    pbs_qsub(torque=True)
 
 
 def pbs_state(info: dict[str, str]) -> str:
     state = info["state"]
     if state in FINAL:
         return "F"
+    if forced_state():
+        return forced_state() or ""
     if state in RUNNING:
         return "R"
     return "H" if info["reason"].startswith("JobHeld") else "Q"
 
 
-def pbs_exit(info: dict[str, str], walltime: int) -> int:
+def pbs_exit(info: dict[str, str], walltime: int, memory: int) -> int:
+    """Exit_status from what the job did: the server's own code for a limit it enforced,
+    256 + N when signal N killed the job's shell, else the shell's exit status. A job that
+    qdel's SIGTERM made exit on its own (hpclab's job script traps it) reports that status."""
     state = info["state"]
-    if state == "COMPLETED":
-        return 0
     if state == "TIMEOUT":
         return walltime
-    if state == "CANCELLED":
-        return 271  # 256 + SIGTERM
-    return int(info.get("exit") or 1)
+    if state == "OUT_OF_MEMORY":
+        return memory
+    if int(info.get("signal") or 0):
+        return 256 + int(info["signal"])
+    return int(info.get("exit") or 0)
 
 
 def pbs_qstat() -> None:
@@ -185,21 +252,39 @@ def pbs_qstat() -> None:
             if info["start"] not in ("", "N/A"):
                 job["estimated"] = {"start_time": info["start"]}
         if state == "F":
-            job["Exit_status"] = pbs_exit(info, -29)
+            job["Exit_status"] = pbs_exit(info, -29, -27)
         jobs[f"{seq}.{SERVER}"] = job
-    print(json.dumps({"timestamp": 0, "pbs_version": "2022.1.1", "pbs_server": SERVER, "Jobs": jobs}, indent=4))
+    print(pbs_json({"timestamp": int(time.time()), "pbs_version": "19.0.0", "pbs_server": SERVER, "Jobs": jobs}))
     for job_id in unknown:
         print(f"qstat: Unknown Job Id {job_id}", file=sys.stderr)
     sys.exit(153 if unknown else 0)
 
 
-def pbs_qdel() -> None:
+def pbs_qdel(torque: bool = False) -> None:
+    """qdel each id: an unknown one is PBSE_UNKJOBID (15001, exit 153); a finished one is
+    PBS Pro's PBSE_HISTJOBID (15139, exit 35, "qdel: Job ID has finished") or, for Torque,
+    PBSE_BADSTATE on a completed job (15018, exit 170)."""
     rc = 0
-    for job_id in sys.argv[1:]:
-        if run(["scancel", job_id.split(".")[0]]).returncode != 0:
+    found, unknown = lookup([a for a in sys.argv[1:] if not a.startswith("-")])
+    for job_id in unknown:
+        print(f"qdel: Unknown Job Id {job_id}", file=sys.stderr)
+        rc = 153
+    for job_id, info in found.items():
+        if info["state"] in FINAL:
+            if torque:
+                print(f"qdel: Invalid state for job - COMPLETE {job_id}", file=sys.stderr)
+                rc = 170
+            else:
+                print(f"qdel: Job {job_id} has finished", file=sys.stderr)
+                rc = 35
+        elif run(["scancel", job_id.split(".")[0]]).returncode != 0:
             print(f"qdel: Unknown Job Id {job_id}", file=sys.stderr)
             rc = 153
     sys.exit(rc)
+
+
+def torque_qdel() -> None:
+    pbs_qdel(torque=True)
 
 
 # -- Torque --------------------------------------------------------------------------------------
@@ -224,7 +309,7 @@ def torque_qstat() -> None:
         if state in ("Q", "H"):
             xml += f"<comment>{escape(info['reason'])}</comment>"
         if state == "C":
-            xml += f"<exit_status>{pbs_exit(accounting(seq) or info, -11)}</exit_status>"
+            xml += f"<exit_status>{pbs_exit(accounting(seq) or info, -11, -10)}</exit_status>"
         parts.append(xml + "</Job>")
     if parts:
         print("<Data>" + "".join(parts) + "</Data>")
@@ -238,7 +323,7 @@ def torque_qstat() -> None:
 
 def lsf_bsub() -> None:
     script = sys.stdin.read()
-    name, out, err, seconds, cpus, warn = "STDIN", "", "", 3600, 1, None
+    name, out, err, seconds, cpus, warn, action = "STDIN", "", "", 3600, 1, None, "USR1"
     for words in directives(script, "#BSUB"):
         opt, val = [*words, ""][:2]
         if opt == "-J":
@@ -251,12 +336,14 @@ def lsf_bsub() -> None:
             seconds = clock_seconds(val + ":00") if ":" in val else int(val) * 60
         elif opt == "-n":
             cpus = int(val)
+        elif opt == "-wa":
+            action = val.removeprefix("SIG")
         elif opt == "-wt":
             warn = int(val.split(":")[-1]) * 60
-    # -wa USR1 -wt MINUTES is SLURM's --signal=B:USR1@SECONDS
-    extra = [f"--signal=B:USR1@{warn}"] if warn else []
+    # -wa SIGNAL -wt MINUTES: LSF sends the signal to every process of the job (bsub -wa:
+    # "the job action ... sent to the job"), not only to the job script as SLURM's B: would.
     job = submit(script, name=name, out=out or "/dev/null", err=err or out or "/dev/null", seconds=seconds,
-                 cpus=cpus, id_var="LSB_JOBID", suffix="", extra=extra)
+                 cpus=cpus, id_var="LSB_JOBID", suffix="", warn=(action, warn) if warn else None)
     print(f"Job <{job}> is submitted to default queue <normal>.")
 
 
@@ -268,7 +355,7 @@ def lsf_bjobs() -> None:
     for job_id, info in found.items():
         state = info["state"]
         stat = ("DONE" if state == "COMPLETED" else "EXIT") if state in FINAL else (
-            "RUN" if state in RUNNING else "PEND")
+            forced_state() or ("RUN" if state in RUNNING else "PEND"))
         rec = {"JOBID": job_id, "STAT": stat, "EXEC_HOST": "", "PEND_REASON": "", "TIME_LEFT": "", "EXIT_CODE": "",
                "EXIT_REASON": ""}
         if stat != "PEND" and info["nodes"] and info["nodes"] != "None assigned":
@@ -283,7 +370,10 @@ def lsf_bjobs() -> None:
                 "CANCELLED": "TERM_OWNER: job killed by owner",
                 "TIMEOUT": "TERM_RUNLIMIT: job killed after reaching LSF run time limit",
             }.get(state, "")
-            rec["EXIT_CODE"] = "130" if state == "CANCELLED" else (accounting(job_id) or info).get("exit", "1")
+            acct = accounting(job_id) or info
+            sig = int(acct.get("signal") or 0)
+            # what the job did: 128 + N when signal N killed it, else its exit status
+            rec["EXIT_CODE"] = str(128 + sig) if sig else acct.get("exit", "1")
         records.append(rec)
     print(json.dumps({"COMMAND": "bjobs", "JOBS": len(records), "RECORDS": records}, indent=2).replace('": ', '":'))
     for job_id in unknown:
@@ -292,9 +382,20 @@ def lsf_bjobs() -> None:
 
 
 def lsf_bkill() -> None:
+    """bkill each id: "Job <ID> is being terminated", or for a job that has ended "Job <ID>:
+    Job has already finished", for one LSF does not know "Job <ID>: No matching job found";
+    exit 255 when any failed."""
     rc = 0
-    for job_id in sys.argv[1:]:
-        if run(["scancel", job_id]).returncode == 0:
+    ids = [a for a in sys.argv[1:] if not a.startswith("-")]
+    found, unknown = lookup(ids)
+    for job_id in ids:
+        if job_id in unknown:
+            print(f"Job <{job_id}>: No matching job found", file=sys.stderr)
+            rc = 255
+        elif found[job_id]["state"] in FINAL:
+            print(f"Job <{job_id}>: Job has already finished", file=sys.stderr)
+            rc = 255
+        elif run(["scancel", job_id]).returncode == 0:
             print(f"Job <{job_id}> is being terminated")
         else:
             print(f"Job <{job_id}>: No matching job found", file=sys.stderr)
@@ -304,7 +405,7 @@ def lsf_bkill() -> None:
 
 COMMANDS = {
     ("pbs", "qsub"): pbs_qsub, ("pbs", "qstat"): pbs_qstat, ("pbs", "qdel"): pbs_qdel,
-    ("torque", "qsub"): pbs_qsub, ("torque", "qstat"): torque_qstat, ("torque", "qdel"): pbs_qdel,
+    ("torque", "qsub"): torque_qsub, ("torque", "qstat"): torque_qstat, ("torque", "qdel"): torque_qdel,
     ("lsf", "bsub"): lsf_bsub, ("lsf", "bjobs"): lsf_bjobs, ("lsf", "bkill"): lsf_bkill,
 }
 
