@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
+from hpclab.cluster import SUBMIT
 from hpclab.jobscript import JobOptions, render
 from hpclab.schedulers import JobSpec, get
-from hpclab.session import SUBMIT
 
 SHELLS = [s for s in ("sh", "dash", "bash") if shutil.which(s)]
 SID = "0123abcd"

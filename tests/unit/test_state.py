@@ -97,7 +97,7 @@ def _writer(home: str, barrier: Any, writer: int, errors: Any) -> None:
         for n in range(ROUNDS):
             for i in range(IDS):
                 rec = record(i)
-                rec.ended_reason = f"w{writer}t{thread}n{n}"  # who wrote it, to tell versions apart
+                rec.jupyter_server = f"w{writer}t{thread}n{n}"  # who wrote it, to tell versions apart
                 try:
                     store.save(rec)
                 except Exception as exc:  # reported to the parent, which fails
@@ -135,8 +135,8 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     assert store.problems == []
     assert sorted(r.id for r in records) == [record(i).id for i in range(IDS)]
     for r in records:
-        assert re.fullmatch(r"w[0-9]+t[0-9]+n[0-9]+", r.ended_reason or ""), r.ended_reason
-        assert r == SessionRecord(**{**record(int(r.id[1:])).__dict__, "ended_reason": r.ended_reason})
+        assert re.fullmatch(r"w[0-9]+t[0-9]+n[0-9]+", r.jupyter_server or ""), r.jupyter_server
+        assert r == SessionRecord(**{**record(int(r.id[1:])).__dict__, "jupyter_server": r.jupyter_server})
     assert not [p.name for p in store.paths.sessions_dir.iterdir() if p.name.startswith(".")]
 
 
