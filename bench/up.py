@@ -118,7 +118,13 @@ def floor_run(master: bool) -> dict[str, float]:
         before = logins()
         t0 = time.monotonic()
         if master:
-            run(["ssh", "-F", SSH_CONFIG, "-fNM", "-S", sock, LOGIN])
+            # -f: the master goes to the background after the login; it must not hold our pipes.
+            with open(f"{tmp}/master.err", "w+") as err:
+                started = subprocess.run(["ssh", "-F", SSH_CONFIG, "-fNM", "-S", sock, LOGIN], timeout=TIMEOUT,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+                if started.returncode != 0:
+                    err.seek(0)
+                    raise BenchError(f"ssh -fNM exited {started.returncode}: {err.read().strip()}")
         tunnel = None
         job = ""
         try:
