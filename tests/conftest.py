@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -210,6 +211,11 @@ class SuiteGate:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: the hpclab
+    # processes of the Ctrl-C tests would then never see their Ctrl-C. Handled here, SIGINT reaches
+    # every child with its default action, as from a terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     reason = full_run_reason(config)
     if reason is not None:
         # Refused up front: both change what the run proves (options, or golden files rewritten).
