@@ -4,6 +4,7 @@ real headless Chromium. Import the fixtures into a test module with `from lab im
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -13,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,9 +95,9 @@ class Run:
             return None
         return wait_for(found, timeout, what="the lab URL")
 
-    def wait_stderr(self, text: str, timeout: float = 60) -> None:
+    def wait_stderr(self, text: str, timeout: float = 60, interval: float = 0.2) -> None:
         wait_for(lambda: text in self.stderr() or (self.proc.poll() is not None and text in self.stderr())
-                 or self._dead(text), timeout, what=repr(text))
+                 or self._dead(text), timeout, interval, what=repr(text))
 
     def _dead(self, text: str) -> bool:
         if self.proc.poll() is not None and text not in self.stderr():
@@ -186,13 +189,38 @@ def accepted(host: str, user: str) -> int:
         return sum(1 for line in fh if f"Accepted publickey for {user} " in line)
 
 
+def sge_jobs(user: str) -> list[str]:
+    """Grid Engine job ids of `user` in any state (asked as root on login); [] without Grid Engine."""
+    if tc("TC_SGE") != "1":
+        return []
+    out = tcx("login", ["qstat", "-u", user], check=False).stdout
+    return [line.split()[0] for line in out.splitlines()[2:] if line.split() and line.split()[0].isdigit()]
+
+
+# What tests leave in a test user's home when they do not clean up: notebooks the browser made
+# (run_cell), job output directories of test_cluster*.py. The janitor also removes JupyterLab's
+# .ipynb_checkpoints, which stays behind (empty) when a notebook is deleted.
+LEFTOVER_GLOBS = ("Untitled*.ipynb", "tc-e2e*")
+
+
+def leftovers(user: str) -> list[str]:
+    home = Path("/home") / user
+    return sorted(str(p) for pattern in LEFTOVER_GLOBS for p in home.glob(pattern))
+
+
 def janitor() -> None:
-    """Cancel every job of the test users and remove their session directories, so that one
-    test's leftovers (a test that failed halfway) cannot fail the next one's checks."""
+    """Cancel every job of the test users (SLURM and Grid Engine), remove their session directories
+    and what tests leave in their homes, so that one test's leftovers (a test that failed halfway)
+    cannot fail the next one's checks nor pile up."""
     for user in (tc("TC_USER"), tc("TC_USER2")):
         for job in user_jobs(user):
             tcx("login", ["scancel", job], check=False)
+        if sge_jobs(user):
+            tcx("login", ["qdel", "-f", "-u", user], check=False)
+            wait_for(lambda u=user: not sge_jobs(u), 30, what=f"Grid Engine jobs of {user} to go")
         tcx("login", ["sh", "-c", f"rm -rf /home/{user}/.hpclab/sessions/*"], check=False)
+        for path in [*leftovers(user), f"/home/{user}/.ipynb_checkpoints"]:
+            tcx("login", ["rm", "-rf", path], check=False)
 
 
 @pytest.fixture
@@ -202,13 +230,39 @@ def hpclab(cluster: Any, tmp_path: Path) -> Iterator[Hpclab]:
     tool.home.mkdir()
     yield tool
     tool.cleanup()
+    left = [p for u in (tc("TC_USER"), tc("TC_USER2")) for p in leftovers(u)]
     janitor()
+    assert not left, f"the test left files in the test users' homes: {left}"
+
+
+def lab_api(url: str, path: str, method: str = "GET") -> Any:
+    """A request to the lab's REST API, with the token of its URL; the decoded JSON answer, if any."""
+    m = URL_RE.search(url)
+    assert m, url
+    req = urllib.request.Request(f"http://127.0.0.1:{m.group(1)}{path}", method=method,
+                                 headers={"Authorization": f"token {m.group(2)}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        body = resp.read()
+    return json.loads(body) if body else None
+
+
+def lab_contents(url: str) -> list[str]:
+    """Paths of the files in the lab's root directory (the notebook_dir)."""
+    return [item["path"] for item in lab_api(url, "/api/contents")["content"]]
+
+
+def remove_new_notebooks(url: str, before: set[str]) -> None:
+    for path in set(lab_contents(url)) - before:
+        if path.endswith(".ipynb"):
+            lab_api(url, "/api/contents/" + urllib.parse.quote(path), method="DELETE")
 
 
 def run_cell(url: str, code: str, timeout: float = 60) -> str:
-    """Open the lab in headless Chromium, make a notebook, run `code`, return the output text."""
+    """Open the lab in headless Chromium, make a notebook, run `code`, return the output text.
+    The notebook is deleted afterwards (through the lab's API), so the user's home stays clean."""
     from playwright.sync_api import sync_playwright
 
+    before = set(lab_contents(url))
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=os.environ.get("TC_CHROMIUM", "/usr/bin/chromium"), headless=True,
@@ -222,15 +276,19 @@ def run_cell(url: str, code: str, timeout: float = 60) -> str:
             page.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
             cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
+            focused = page.locator(".jp-Notebook .jp-Cell .cm-editor.cm-focused").first
             output = page.locator(".jp-OutputArea-output").first
-            # Typing right after the kernel turns idle is sometimes lost: retry, replacing the text.
+            # Keys typed right after the kernel turns idle are sometimes lost: type only into a
+            # focused editor, run the cell only once it holds the code, and retry, replacing the text.
             for attempt in range(3):
-                time.sleep(0.5)
-                cell.click()
-                page.keyboard.press("Control+a")
-                page.keyboard.type(code)
-                page.keyboard.press("Shift+Enter")
                 try:
+                    cell.click()
+                    focused.wait_for(timeout=10000)
+                    page.keyboard.press("Control+a")
+                    page.keyboard.type(code)
+                    page.wait_for_function("([el, code]) => el.innerText.trim() === code.trim()",
+                                           arg=[cell.element_handle(), code], timeout=10000)
+                    page.keyboard.press("Shift+Enter")
                     output.wait_for(timeout=20000)
                     break
                 except Exception:
@@ -239,6 +297,9 @@ def run_cell(url: str, code: str, timeout: float = 60) -> str:
             return output.inner_text()
         finally:
             browser.close()
+            # When the lab is gone already, the hpclab fixture's check of the home reports what is left.
+            with contextlib.suppress(OSError):
+                remove_new_notebooks(url, before)
 
 
 class ForcedLogin:

@@ -118,18 +118,22 @@ class FinishedJob:
 
 
 @pytest.fixture(scope="module")
-def finished_job(cluster: Cluster) -> FinishedJob:
-    """A batch job submitted over ssh as hpcuser, the script on stdin, waited for until COMPLETED."""
-    outdir = cluster.home() / "tc-e2e"
-    cluster.ssh(cluster.user, ["mkdir", "-p", str(outdir)])
-    output = outdir / f"job-{secrets.token_hex(4)}.out"
-    submitted = cluster.ssh(cluster.user, ["sbatch", "--parsable"], input=JOB_SCRIPT.format(out=output))
-    # sbatch --parsable prints "id" or "id;cluster"
-    job_id = submitted.stdout.strip().split(";")[0]
-    assert job_id.isdigit(), submitted.stdout
-    cluster.wait_job(job_id, timeout=60)
-    fields = dict(line.split("=", 1) for line in output.read_text().splitlines() if "=" in line)
-    return FinishedJob(job_id, output, fields)
+def finished_job(cluster: Cluster) -> Iterator[FinishedJob]:
+    """A batch job submitted over ssh as hpcuser, the script on stdin, waited for until COMPLETED.
+    Its output directory in the user's home is removed afterwards."""
+    outdir = cluster.home() / f"tc-e2e-{secrets.token_hex(4)}"
+    cluster.ssh(cluster.user, ["mkdir", str(outdir)])
+    try:
+        output = outdir / "job.out"
+        submitted = cluster.ssh(cluster.user, ["sbatch", "--parsable"], input=JOB_SCRIPT.format(out=output))
+        # sbatch --parsable prints "id" or "id;cluster"
+        job_id = submitted.stdout.strip().split(";")[0]
+        assert job_id.isdigit(), submitted.stdout
+        cluster.wait_job(job_id, timeout=60)
+        fields = dict(line.split("=", 1) for line in output.read_text().splitlines() if "=" in line)
+        yield FinishedJob(job_id, output, fields)
+    finally:
+        cluster.ssh(cluster.user, ["rm", "-rf", str(outdir)])
 
 
 def test_batch_job_runs_on_a_compute_node_as_the_submitting_user(cluster: Cluster, finished_job: FinishedJob) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -37,8 +38,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 def test_qsub_runs_on_a_node_as_the_user_and_qstat_and_qacct_see_it(cluster: Cluster) -> None:
     if not cluster.sge:
         pytest.fail("Grid Engine is off in this test cluster (HPCLAB_TC_SGE=0)")
-    base = cluster.home() / "tc-e2e" / f"sge-{secrets.token_hex(4)}"
-    cluster.ssh(cluster.user, ["mkdir", "-p", str(base.parent)])
+    base = cluster.home() / f"tc-e2e-{secrets.token_hex(4)}" / "sge"
+    cluster.ssh(cluster.user, ["mkdir", str(base.parent)])
+    try:
+        check_qsub_qstat_qacct(cluster, base)
+    finally:
+        cluster.ssh(cluster.user, ["rm", "-rf", str(base.parent)])
+
+
+def check_qsub_qstat_qacct(cluster: Cluster, base: Path) -> None:
     started, release, out = (base.with_suffix(s) for s in (".started", ".release", ".out"))
 
     script = JOB_SCRIPT.format(out=out, started=started, release=release)

@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -674,7 +673,8 @@ class ProcScanner(threading.Thread):
 
 
 BROWSER = """#!/bin/sh
-# a browser that remembers how it was started, and stays a moment so that scans see it
+# a browser that remembers how it was started, and stays a moment so that scans see it (the test
+# checks that they did: the sleep is the window under test, not a wait for a condition)
 printf '%s\\n' "$@" >> "{log}"
 sleep 1.5
 """
@@ -741,7 +741,9 @@ def test_token_stays_off_command_lines_out_of_the_scheduler_and_out_of_logs(tool
 
         run.signal(signal.SIGINT)
         assert run.wait(120) == 130
-        time.sleep(1)  # a last scan round after the stop
+        # A last whole scan round after the stop (the round under way may have begun before it).
+        stopped_at = scan.rounds
+        wait_for(lambda: scan.rounds >= stopped_at + 2, 60, what="a scan round after the stop")
     finally:
         scan.stop()
         if run is not None and run.proc.poll() is None:
@@ -754,6 +756,7 @@ def test_token_stays_off_command_lines_out_of_the_scheduler_and_out_of_logs(tool
     assert scan.with_secret(token) == []
     browser_argv = browser_log.read_text()
     assert token not in browser_argv, f"the browser was started with the token: {browser_argv}"
+    assert any(str(browser) in c for c in scan.cmdlines.get("laptop", ())), "no scan saw the browser running"
     for what, text in outputs.items():
         assert token not in text, what
     assert token not in without_url(run.stdout(), port, token) and url in run.stdout()

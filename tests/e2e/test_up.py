@@ -67,9 +67,12 @@ def test_ctrl_c_while_pending_and_again_during_cleanup_leaves_nothing(hpclab: Hp
         run.wait_stderr("pending")
         wait_for(lambda: user_jobs(user), 20, what="hpclab's job in the queue")
         run.signal(signal.SIGINT)
-        time.sleep(0.05)
-        run.signal(signal.SIGINT)  # a second Ctrl-C while cleaning up
+        # The second Ctrl-C only once cleanup has begun: hpclab says "stopping" when it has.
+        run.wait_stderr("stopping: cancelling the job", interval=0.01)
+        run.signal(signal.SIGINT)
         assert run.wait(90) == 130
+        # It arrived while cleanup ran (not after the exit), and was acknowledged, not obeyed.
+        assert "still cleaning up so that no job is left running" in run.stderr()
         assert user_jobs(user) == []
         assert session_dirs(user) == []
     finally:
