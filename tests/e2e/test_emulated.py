@@ -176,22 +176,22 @@ def test_emulated_torque_output_appears_only_when_the_job_ends(hpclab: Hpclab, e
     hpclab.json("stop", info["id"])
 
 
-def test_emulated_lsf_warning_signal_reaches_every_process_of_the_job(hpclab: Hpclab, emulated: Emulated) -> None:
-    """bsub -wa USR1 -wt 2 on a 3-minute job: one minute in, LSF signals every process of the
-    job, the kernels too (not only the job script, as SLURM's --signal=B: would). The kernel
-    here catches it to show it arrived; a kernel with Python's default action dies of it."""
+def test_emulated_lsf_time_limit_warning_spares_the_kernels(hpclab: Hpclab, emulated: Emulated) -> None:
+    """LSF's -wa warning would signal every process of the job, kernels included (the emulator
+    does so, as LSF does: tests/unit/test_emulators.py), and a kernel dies of SIGUSR1. hpclab asks
+    for none: the job script's own timer ends the lab 90 s before a 3-minute limit, and the kernel
+    never sees a USR1."""
     profile = emulated.install("lsf", time="00:03:00")
     info = hpclab.json("up", profile, "--detach", "--no-browser")
     marker = emulated.login.home / f".usr1-{emulated.login.token}"
     code = ("import signal, os\n"
             f"signal.signal(signal.SIGUSR1, lambda *a: open({str(marker)!r}, 'w').write(str(os.getpid())))\n"
             "print(os.getpid())")
-    kernel_pid = run_cell(info["url"], code).strip()
+    run_cell(info["url"], code)
     try:
-        assert wait_for(lambda: marker.exists() and marker.read_text(), 150, interval=1,
-                        what="USR1 in the kernel") == kernel_pid
         ended = emulated.session_file(info["id"], "ended.json")
-        wait_for(ended.exists, 60, interval=1, what="the job script to end")
-        assert json.loads(ended.read_text())["reason"] == "timelimit"  # the job script's own trap
+        wait_for(ended.exists, 150, interval=1, what="the job script's timer to end the lab")
+        assert json.loads(ended.read_text())["reason"] == "timelimit"
+        assert not marker.exists(), "a kernel got SIGUSR1"
     finally:
         marker.unlink(missing_ok=True)

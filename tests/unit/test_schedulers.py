@@ -282,9 +282,9 @@ def test_lsf_not_found() -> None:
     assert get("lsf").parse_status(in_json, ["3455"])["3455"].state is JobState.ENDED
 
 
-def test_lsf_directives_ask_for_the_warning_signal() -> None:
+def test_lsf_directives_leave_the_warning_to_the_job_script() -> None:
     sched = get("lsf")
-    assert sched.signals_before_end
+    assert not sched.signals_before_end  # -wa would signal the kernels too
     lines = sched.directives(spec(cpus=4, mem="4G", gpus="a100:2", partition="normal", account="p1"))
     assert lines == [
         "#BSUB -J hpclab-0123abcd",
@@ -293,8 +293,6 @@ def test_lsf_directives_ask_for_the_warning_signal() -> None:
         "#BSUB -W 1:30",
         "#BSUB -n 4",
         '#BSUB -R "span[hosts=1]"',
-        "#BSUB -wa USR1",
-        "#BSUB -wt 2",
         '#BSUB -R "rusage[mem=4096MB]"',
         "#BSUB -M 4096MB",
         '#BSUB -gpu "num=2:gmodel=a100"',

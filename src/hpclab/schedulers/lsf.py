@@ -33,8 +33,9 @@ class Lsf(Scheduler):
     submit = ("bsub",)  # bsub < script: the directives are read from the script on stdin
     cancel = ("bkill",)
     job_id_var = "${LSB_JOBID:-}"
-    # -wa USR1 -wt MINUTES: LSF sends SIGUSR1 that long before the run limit.
-    signals_before_end = True
+    # LSF's own warning (-wa USR1 -wt MINUTES) goes to every process of the job, kernels
+    # included, and a kernel dies of SIGUSR1: the job script keeps its own timer instead.
+    signals_before_end = False
     option_directives = {"partition": "-q {}", "account": "-P {}"}
     states: ClassVar[Mapping[str, JobState]] = {
         "PEND": JobState.PENDING,
@@ -61,8 +62,6 @@ class Lsf(Scheduler):
             f"-W {minutes // 60}:{minutes % 60:02d}",
             f"-n {spec.cpus or 1}",
             '-R "span[hosts=1]"',
-            "-wa USR1",
-            f"-wt {max(1, math.ceil(spec.signal_before / 60))}",
         ]
         if spec.mem:
             mb = mem_mb(spec.mem)

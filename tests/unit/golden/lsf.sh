@@ -5,8 +5,6 @@
 #BSUB -W 1:30
 #BSUB -n 4
 #BSUB -R "span[hosts=1]"
-#BSUB -wa USR1
-#BSUB -wt 2
 #BSUB -R "rusage[mem=8192MB]"
 #BSUB -M 8192MB
 #BSUB -gpu "num=2"
@@ -79,6 +77,8 @@ c.ServerApp.identity_provider_class = HpclabIdentityProvider
 HPCLAB_CONFIG
 export JUPYTER_CONFIG_PATH="$hpclab_runtime/config${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"
 hpclab_write started "$(hostname)"
+( sleep 5310 && kill -USR1 $$ ) >/dev/null 2>&1 &
+hpclab_timer=$!
 export LANG=C.UTF-8
 
 # --- setup lines from the profile ---
