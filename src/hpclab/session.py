@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import jobscript
+from . import hostkeys, jobscript
 from .errors import (
     ConfigError,
     ConnectError,
@@ -113,7 +113,10 @@ class Cluster:
     def node(self, user: str | None, node: str) -> SshRemote:
         dest = f"{user}@{node}" if user else node
         if dest not in self._nodes:
-            self._nodes[dest] = SshRemote(dest, self.login.ssh_options, self.paths.control_dir, via=self.login)
+            # The node's host key may be one the login node publishes (hostkeys.py): added, never relaxed.
+            opts = self.login.ssh_options
+            opts += tuple(hostkeys.for_node(self.login, dest, opts, self.paths.control_dir))
+            self._nodes[dest] = SshRemote(dest, opts, self.paths.control_dir, via=self.login)
         return self._nodes[dest]
 
     # -- scheduler --------------------------------------------------------------------
