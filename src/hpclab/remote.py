@@ -46,6 +46,20 @@ MASTER_OPTIONS = (
     "-o", "ServerAliveCountMax=3",
     "-o", "ConnectTimeout=20",
 )
+# Login shells run the user's rc files before the command, and some print banners on stdout in
+# every shell. The command first prints this line; what came before it is not the command's.
+# One word, no '!' or newline: the same in sh, bash, zsh, fish, csh and tcsh.
+OUTPUT_MARK = "hpclab-output-begins-3f9a1c"
+
+
+def after_mark(stdout: str) -> str:
+    """The command's own output: everything after the first OUTPUT_MARK line (all of `stdout`
+    when the mark is missing, as with a forced command that ignores the one sent)."""
+    line = OUTPUT_MARK + "\n"
+    if stdout.startswith(line):
+        return stdout[len(line):]
+    at = stdout.find("\n" + line)
+    return stdout[at + len(line) + 1 :] if at >= 0 else stdout
 
 
 @dataclass(frozen=True)
@@ -202,7 +216,7 @@ class SshRemote:
         if not self.alive():
             self.connect()
         command = shlex.join(argv)
-        full = [*self.argv_for(["-T"]), command]
+        full = [*self.argv_for(["-T"]), f"echo {OUTPUT_MARK}; {command}"]
         log.debug("run on %s: %s", self.host, command if len(command) < 400 else command[:400] + "...")
         self.counters.commands += 1
         try:
@@ -216,7 +230,8 @@ class SshRemote:
             )
         except subprocess.TimeoutExpired:
             raise RemoteError(f"{what or argv[0]} on {self.host} did not answer in {timeout:.0f} s") from None
-        result = Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        stdout = after_mark(proc.stdout)
+        result = Completed(tuple(argv), proc.returncode, stdout, proc.stderr)
         if proc.returncode == 255 and not self.alive():
             raise _classify(self.host, proc.stderr)
         if check and proc.returncode != 0:
@@ -224,7 +239,7 @@ class SshRemote:
                 f"{what or argv[0]} exited {proc.returncode} on {self.host}",
                 hint=proc.stderr.strip()[-800:] or None,
                 returncode=proc.returncode,
-                stdout=proc.stdout,
+                stdout=stdout,
                 stderr=proc.stderr,
             )
         return result
