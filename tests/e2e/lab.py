@@ -189,7 +189,7 @@ def accepted(host: str, user: str) -> int:
 def janitor() -> None:
     """Cancel every job of the test users and remove their session directories, so that one
     test's leftovers (a test that failed halfway) cannot fail the next one's checks."""
-    for user in (tc("TC_USER"), tc("TC_USER2")):
+    for user in (tc("TC_USER"), tc("TC_USER2"), tc("TC_USER3")):
         for job in user_jobs(user):
             tcx("login", ["scancel", job], check=False)
         tcx("login", ["sh", "-c", f"rm -rf /home/{user}/.hpclab/sessions/*"], check=False)
