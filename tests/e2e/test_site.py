@@ -29,9 +29,9 @@ PUBLISHED = "/etc/ssh/ssh_known_hosts"
 
 
 def test_module_works_in_non_interactive_shells_for_bash_and_tcsh_users(cluster: Cluster) -> None:
-    # Lmod lists on stderr; bash and tcsh spell "both to the pipe" differently.
-    for user, both in ((cluster.user, "2>&1 |"), (cluster.user3, "|&")):
-        avail = cluster.ssh(user, f"module -t avail {both} cat").stdout.split()
+    for user in (cluster.user, cluster.user3):
+        listed = cluster.ssh(user, "module -t avail")
+        avail = (listed.stdout + listed.stderr).split()  # Lmod lists on stderr
         for name in ("jupyter/", "python/", "env2/", "broken/"):
             assert any(m.startswith(name) for m in avail), (user, name, avail)
         found = cluster.ssh(user, "module load jupyter; which jupyter-lab").stdout.strip()
@@ -75,6 +75,12 @@ def test_a_node_admits_a_user_only_while_they_have_a_job_there(cluster: Cluster)
         assert cluster.ssh(user, ["hostname"], host="node1", check=False).returncode == 255
     with cluster.job_on(user, "node1") as job_id:
         assert cluster.ssh(user, ["hostname"], host="node1").stdout.strip() == "node1"
+        # Adopted: PAM ran in sshd's privileged process for the connection (the shell's
+        # grandparent), and the job's extern step took that pid in.
+        monitor = cluster.ssh(user, 'ps -o ppid= -p "$PPID"', host="node1").stdout.strip()
+        assert monitor.isdigit()
+        wanted = f"for StepId={job_id}.extern, pid {monitor}"
+        wait_for(lambda: wanted in cluster.log("slurmd-node1").read_text(), 10, what=f"'{wanted}' in slurmd's log")
     assert cluster.wait_job(job_id, ("CANCELLED",)) == "CANCELLED"
     # Access ends with the job (its extern step ends a moment after the job is cancelled).
     wait_for(lambda: cluster.ssh(user, ["true"], host="node1", check=False).returncode == 255, 30,
