@@ -26,10 +26,13 @@ import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import HpclabError
 from .paths import private_dir
-from .remote import SAFE_OPTIONS, SshRemote
+
+if TYPE_CHECKING:  # remote.py may call into this module; nothing here needs it at run time
+    from .remote import SshRemote
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +188,10 @@ def node_options(published: str, ssh_g: str, control_dir: Path, tag: str) -> lis
     return global_files_option(split_files(config.get("globalknownhostsfile", "")), path)
 
 
-def for_node(login: SshRemote, dest: str, ssh_options: Sequence[str], control_dir: Path) -> list[str]:
+def for_node(login: SshRemote, dest: str, ssh_argv: Sequence[str], control_dir: Path) -> list[str]:
     """Read the login node's published keys over its (verified) master and return the options
-    for the connection to `dest` (see node_options). Any failure to read them means no extra
+    for the connection to `dest` (see node_options); `ssh_argv` is the ssh command with the
+    options that connection will have (for `ssh -G`). Any failure to read them means no extra
     options: the node connection then fails or succeeds on the user's own known_hosts."""
     try:
         published = login.run(["cat", PUBLISHED], check=False, what="reading the published host keys").stdout
@@ -195,7 +199,7 @@ def for_node(login: SshRemote, dest: str, ssh_options: Sequence[str], control_di
         log.debug("published host keys not read: %s", exc)
         return []
     proc = subprocess.run(
-        ["ssh", *SAFE_OPTIONS, *ssh_options, "-G", "--", dest],
+        [*ssh_argv, "-G", "--", dest],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
     )  # fmt: skip
     if proc.returncode != 0:

@@ -26,7 +26,7 @@ from .errors import (
 )
 from .paths import Paths
 from .profiles import Profile
-from .remote import Counters, SshRemote
+from .remote import SAFE_OPTIONS, Counters, SshRemote
 from .schedulers import JobInfo, JobSpec, JobState, Scheduler, get
 from .schedulers import names as scheduler_names
 from .schedulers.detect import DETECT_SCRIPT, NONE_FOUND, parse_detect
@@ -115,7 +115,7 @@ class Cluster:
         if dest not in self._nodes:
             # The node's host key may be one the login node publishes (hostkeys.py): added, never relaxed.
             opts = self.login.ssh_options
-            opts += tuple(hostkeys.for_node(self.login, dest, opts, self.paths.control_dir))
+            opts += tuple(hostkeys.for_node(self.login, dest, ["ssh", *SAFE_OPTIONS, *opts], self.paths.control_dir))
             self._nodes[dest] = SshRemote(dest, opts, self.paths.control_dir, via=self.login)
         return self._nodes[dest]
 

@@ -118,3 +118,31 @@ def test_ssh_reads_the_option_as_the_list_of_files(tmp_path: Path) -> None:
                          stdin=subprocess.DEVNULL).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("globalknownhostsfile "))
     assert line == f"globalknownhostsfile /etc/ssh/ssh_known_hosts /x y/kh {odd}"
+
+
+class FakeLogin:
+    """Stands in for the login node's SshRemote: answers `cat` with what it publishes."""
+
+    control_path = "/tmp/ctl/login"
+
+    def __init__(self, published: str) -> None:
+        self.published = published
+        self.sent: list[list[str]] = []
+
+    def run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        self.sent.append(argv)
+        return subprocess.CompletedProcess(argv, 0, self.published, "")
+
+
+def test_for_node_asks_the_login_node_and_ssh_for_the_effective_files(tmp_path: Path) -> None:
+    from hpclab.hostkeys import PUBLISHED as PATH
+    from hpclab.hostkeys import for_node
+
+    login = FakeLogin(PUBLISHED)
+    argv = ["ssh", "-F", "/dev/null", "-o", "GlobalKnownHostsFile=/site/kh"]
+    opts = for_node(login, "hpcuser@node2", argv, tmp_path / "ctl")  # type: ignore[arg-type]
+    assert login.sent == [["cat", PATH]]
+    assert opts[1].startswith('GlobalKnownHostsFile="/site/kh" "')
+    ours = Path(opts[1].split('"')[3])
+    assert ours.read_text() == f"node2 ssh-ed25519 {K2}\n"
+    assert for_node(FakeLogin(""), "node2", argv, tmp_path / "ctl") == []  # type: ignore[arg-type]
