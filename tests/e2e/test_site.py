@@ -207,6 +207,6 @@ def test_every_command_works_for_the_tcsh_user_and_the_banner_is_in_no_value(hpc
 
     # Stopped from the second laptop: the job, the session directory, its own tunnel.
     stopped = other.json("stop", info["id"])
-    assert stopped[0]["state"] == "ended"
+    assert stopped[0]["state"] == "cancelled"  # SLURM's word for a job scancel ended
     assert user_jobs(user) == []
     assert info["id"] not in session_dirs(user)
