@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import hostkeys
 from .errors import ConnectError, RemoteError
 from .paths import private_dir
 
@@ -53,6 +54,20 @@ MASTER_OPTIONS = (
     "-o", "ServerAliveCountMax=3",
     "-o", "ConnectTimeout=20",
 )
+# Login shells run the user's rc files before the command, and some print banners on stdout in
+# every shell. The command first prints this line; what came before it is not the command's.
+# One word, no '!' or newline: the same in sh, bash, zsh, fish, csh and tcsh.
+OUTPUT_MARK = "hpclab-output-begins-3f9a1c"
+
+
+def after_mark(stdout: str) -> str:
+    """The command's own output: everything after the first OUTPUT_MARK line (all of `stdout`
+    when the mark is missing, as with a forced command that ignores the one sent)."""
+    line = OUTPUT_MARK + "\n"
+    if stdout.startswith(line):
+        return stdout[len(line):]
+    at = stdout.find("\n" + line)
+    return stdout[at + len(line) + 1 :] if at >= 0 else stdout
 
 
 @dataclass(frozen=True)
@@ -235,7 +250,10 @@ class SshRemote(Remote):
             )
 
     def hop(self, dest: str) -> SshRemote:
-        return SshRemote(dest, self.ssh_options, self.control_dir, via=self)
+        # The node's host key may be one the verified login node publishes (hostkeys.py): added
+        # to what the user's configuration trusts, never relaxed.
+        extra = hostkeys.for_node(self, dest, ["ssh", *SAFE_OPTIONS, *self.ssh_options], self.control_dir)
+        return SshRemote(dest, (*self.ssh_options, *extra), self.control_dir, via=self)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -253,7 +271,7 @@ class SshRemote(Remote):
         if not self.alive():
             self.connect()
         command = shlex.join(argv)
-        full = [*self.argv_for(["-T"]), command]
+        full = [*self.argv_for(["-T"]), f"echo {OUTPUT_MARK}; {command}"]
         log.debug("run on %s: %s", self.host, command if len(command) < 400 else command[:400] + "...")
         self.counters.commands += 1
         try:
@@ -267,7 +285,8 @@ class SshRemote(Remote):
             )
         except subprocess.TimeoutExpired:
             raise RemoteError(f"{what or argv[0]} on {self.host} did not answer in {timeout:.0f} s") from None
-        result = Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        stdout = after_mark(proc.stdout)
+        result = Completed(tuple(argv), proc.returncode, stdout, proc.stderr)
         if proc.returncode == 255 and not self.alive():
             raise _classify(self.host, proc.stderr)
         if check and proc.returncode != 0:
@@ -275,7 +294,7 @@ class SshRemote(Remote):
                 f"{what or argv[0]} exited {proc.returncode} on {self.host}",
                 hint=proc.stderr.strip()[-800:] or None,
                 returncode=proc.returncode,
-                stdout=proc.stdout,
+                stdout=stdout,
                 stderr=proc.stderr,
             )
         return result

@@ -7,14 +7,18 @@
         cluster.sshd_log("login")                           # Path of that host's sshd log (VERBOSE)
 
 Attributes come from `scripts/testcluster env`, so tests and scripts agree on every path.
+
+hpcuser's and hpcuser3's rc files print a banner on every shell (`cluster.banner`); `ssh()`
+returns the command's own output, after a mark line it prints first, as hpclab itself reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TESTCLUSTER = ROOT / "scripts" / "testcluster"
 
 Command = str | Sequence[str]
+# Printed before the command by ssh(): what comes before it is the rc files' banner.
+MARK = "tc-output-begins"
 
 
 def testcluster_env() -> dict[str, str]:
@@ -50,13 +56,21 @@ class Cluster:
     login_addr: str
     user: str
     user2: str
+    user3: str  # tcsh, chatty rc files
     key: Path
     key2: Path
+    key3: Path
     nodes: tuple[str, ...]
     jupyter_venv: Path
     chromium: Path
     sge: bool
     aliases: dict[str, str]  # user -> ssh alias of the login node as that user
+    site_ssh_config: Path  # a laptop that knows only the login node's host key (alias site_host)
+    site_known_hosts: Path
+    site_host: str
+    env2_venv: Path
+    modules: Path
+    banner: str  # what hpcuser's and hpcuser3's rc files print, every line ending in a newline
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Cluster:
@@ -68,13 +82,22 @@ class Cluster:
             login_addr=env["TC_LOGIN_ADDR"],
             user=env["TC_USER"],
             user2=env["TC_USER2"],
+            user3=env["TC_USER3"],
             key=Path(env["TC_KEY"]),
             key2=Path(env["TC_KEY2"]),
+            key3=Path(env["TC_KEY3"]),
             nodes=tuple(env["TC_NODES"].split()),
             jupyter_venv=Path(env["TC_JUPYTER_VENV"]),
             chromium=Path(env["TC_CHROMIUM"]),
             sge=env.get("TC_SGE") == "1",
-            aliases={env["TC_USER"]: env["TC_LOGIN_HOST"], env["TC_USER2"]: env["TC_LOGIN_HOST2"]},
+            aliases={env["TC_USER"]: env["TC_LOGIN_HOST"], env["TC_USER2"]: env["TC_LOGIN_HOST2"],
+                     env["TC_USER3"]: env["TC_LOGIN_HOST3"]},
+            site_ssh_config=Path(env["TC_SITE_SSH_CONFIG"]),
+            site_known_hosts=Path(env["TC_SITE_KNOWN_HOSTS"]),
+            site_host=env["TC_SITE_HOST"],
+            env2_venv=Path(env["TC_ENV2_VENV"]),
+            modules=Path(env["TC_MODULES"]),
+            banner=Path(env["TC_BANNER_FILE"]).read_text(),
         )
 
     @property
@@ -102,9 +125,15 @@ class Cluster:
         check: bool = True,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        """Run `cmd` over ssh as `user` on the login node (or on `host`). A list is quoted for the remote shell."""
+        """Run `cmd` over ssh as `user` on the login node (or on `host`). A list is quoted for the remote shell.
+        stdout is the command's own: the rc files' banner before it is dropped (see MARK)."""
         remote = cmd if isinstance(cmd, str) else shlex.join(cmd)
-        return _run([*self.ssh_argv(user, host), remote], input=input, check=check, timeout=timeout)
+        result = _run([*self.ssh_argv(user, host), f"echo {MARK}; {remote}"], input=input, check=check,
+                      timeout=timeout)
+        _, sep, rest = result.stdout.partition(MARK + "\n")
+        if sep:
+            result.stdout = rest
+        return result
 
     def exec_argv(self, host: str, argv: Sequence[str], user: str | None = None) -> list[str]:
         """The argv that runs `argv` inside `host`'s namespaces: as root, or as `user` (in their home)."""
@@ -172,6 +201,22 @@ class Cluster:
             time.sleep(0.2)
         assert state in states, f"job {job_id} ended as {state}, expected one of {list(states)}"
         return state
+
+    @contextlib.contextmanager
+    def job_on(self, user: str, node: str, timeout: float = 60) -> Iterator[str]:
+        """A running job of `user` on `node` (its id) while the block runs: with it, pam_slurm_adopt
+        lets the user's ssh in. Cancelled afterwards."""
+        out = self.exec("login", ["sbatch", "--parsable", "-J", "tc-node-access", "-w", node, "-t", "10",
+                                  "-o", "/dev/null", "--wrap", "sleep 600"], user=user)
+        job_id = out.stdout.strip().split(";")[0]
+        try:
+            deadline = time.monotonic() + timeout
+            while self.job_state(job_id) != "RUNNING":
+                assert time.monotonic() < deadline, f"job {job_id} of {user} did not start on {node}"
+                time.sleep(0.2)
+            yield job_id
+        finally:
+            self.exec("login", ["scancel", job_id], check=False)
 
     def testcluster(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """Run scripts/testcluster with these arguments (down, up, status, ...)."""

@@ -212,7 +212,7 @@ def janitor() -> None:
     """Cancel every job of the test users (SLURM and Grid Engine), remove their session directories
     and what tests leave in their homes, so that one test's leftovers (a test that failed halfway)
     cannot fail the next one's checks nor pile up."""
-    for user in (tc("TC_USER"), tc("TC_USER2")):
+    for user in (tc("TC_USER"), tc("TC_USER2"), tc("TC_USER3")):
         for job in user_jobs(user):
             tcx("login", ["scancel", job], check=False)
         if sge_jobs(user):

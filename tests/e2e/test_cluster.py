@@ -42,8 +42,10 @@ def test_each_user_logs_in_to_the_login_node_with_their_key(cluster: Cluster) ->
 
 def test_nodes_are_reached_through_the_login_node(cluster: Cluster) -> None:
     for node in cluster.nodes:
-        assert cluster.ssh(cluster.user, ["hostname"], host=node).stdout.strip() == node
-    assert cluster.ssh(cluster.user2, ["id", "-un"], host="node1").stdout.strip() == cluster.user2
+        with cluster.job_on(cluster.user, node):
+            assert cluster.ssh(cluster.user, ["hostname"], host=node).stdout.strip() == node
+    with cluster.job_on(cluster.user2, "node1"):
+        assert cluster.ssh(cluster.user2, ["id", "-un"], host="node1").stdout.strip() == cluster.user2
 
 
 def test_host_keys_are_checked_and_differ_per_host(cluster: Cluster, tmp_path: Path) -> None:
@@ -89,7 +91,8 @@ def test_sshd_allows_agent_forwarding_so_tests_can_prove_hpclab_never_uses_it(cl
             env=env, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         assert forwarded.returncode == 0, forwarded.stderr
-        remote_sock, listing = forwarded.stdout.split("\n", 1)
+        assert forwarded.stdout.startswith(cluster.banner)  # hpcuser's ~/.bashrc
+        remote_sock, listing = forwarded.stdout.removeprefix(cluster.banner).split("\n", 1)
         assert remote_sock.startswith("/tmp/ssh-")
         assert "ED25519" in listing
     finally:
@@ -298,14 +301,15 @@ def test_headless_chromium_renders_a_page_from_a_node(cluster: Cluster, tunnelle
 
 
 def test_jupyterlab_is_available_through_setup_but_not_on_the_default_path(cluster: Cluster) -> None:
-    bare = cluster.ssh(cluster.user, "command -v jupyter", host="node1", check=False)
-    assert bare.returncode != 0, f"jupyter is on the default PATH: {bare.stdout}"
-    activated = cluster.ssh(
-        cluster.user,
-        f"source {cluster.jupyter_venv}/bin/activate && jupyter server --version && "
-        "python -c 'import jupyterlab, ipykernel; print(jupyterlab.__version__)'",
-        host="node1",
-    ).stdout.split()
+    with cluster.job_on(cluster.user, "node1"):
+        bare = cluster.ssh(cluster.user, "command -v jupyter", host="node1", check=False)
+        assert bare.returncode != 0, f"jupyter is on the default PATH: {bare.stdout}"
+        activated = cluster.ssh(
+            cluster.user,
+            f"source {cluster.jupyter_venv}/bin/activate && jupyter server --version && "
+            "python -c 'import jupyterlab, ipykernel; print(jupyterlab.__version__)'",
+            host="node1",
+        ).stdout.split()
     assert activated[0].startswith("2."), f"jupyter_server 2.x expected, got {activated[0]}"
     assert int(activated[1].split(".")[0]) >= 4
     overrides = cluster.jupyter_venv / "share/jupyter/lab/settings/overrides.json"
@@ -322,6 +326,8 @@ def test_hpclab_config_has_the_testcluster_profiles(cluster: Cluster) -> None:
         assert profiles[name]["scheduler"] == "slurm"
         assert profiles[name]["partition"] == "debug"
         assert profiles[name]["setup"] == f"source {cluster.jupyter_venv}/bin/activate"
-    assert profiles["testcluster-none"]["host"] == "node1"
+    assert profiles["testcluster-none"]["host"] == "tc-login"
     assert profiles["testcluster-none"]["scheduler"] == "none"
+    assert profiles["testcluster-3"]["host"] == "tc-login-3"
+    assert profiles["testcluster-site"]["ssh_options"] == ["-F", str(cluster.site_ssh_config)]
     assert ("testcluster-sge" in profiles) == cluster.sge

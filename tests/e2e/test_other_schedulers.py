@@ -1,5 +1,5 @@
 """`hpclab up` with the real Grid Engine of the test cluster, and with no scheduler at all
-(Jupyter started directly on node1 through the login node): the browser runs a cell on the
+(Jupyter started directly on the login node, as on a lab server): the browser runs a cell on the
 node; Ctrl-C, `stop` and `list` behave as with SLURM."""
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ def sge_jobs(user: str) -> list[str]:
     return [line.split()[0] for line in out if line.strip()]
 
 
-def node_jobs(user: str, session: str, node: str = "node1") -> list[str]:
+# testcluster-none runs on the login node: compute nodes admit only users with a SLURM job there.
+NONE_HOST = "login"
+
+
+def node_jobs(user: str, session: str, node: str = NONE_HOST) -> list[str]:
     """Live processes of `user` on `node` that belong to hpclab session `session` (the job
     script names its session directory; Jupyter's socket lives in /tmp/hpclab-SESSION.*)."""
     out = tcx(node, ["ps", "-u", user, "-ww", "-o", "pid=,stat=,args="]).stdout
@@ -93,10 +97,10 @@ def test_sge_job_that_fails_is_reported_from_accounting(hpclab: Hpclab, sge: Non
 def test_none_up_browser_list_and_stop(hpclab: Hpclab) -> None:
     user = tc("TC_USER")
     info = hpclab.json("up", "testcluster-none", "--detach", "--no-browser")
-    assert info["scheduler"] == "none" and info["node"] == "node1"
+    assert info["scheduler"] == "none" and info["node"] == NONE_HOST
     assert node_jobs(user, info["id"])
     output = run_cell(info["url"], "import socket; print('ON', socket.gethostname())")
-    assert output.strip() == "ON node1"
+    assert output.strip() == f"ON {NONE_HOST}"
     assert [s["id"] for s in hpclab.json("list")] == [info["id"]]
 
     hpclab.json("stop", info["id"])

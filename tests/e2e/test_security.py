@@ -218,7 +218,7 @@ def login_shell_umask() -> str:
     """What `umask` says in a command run over ssh as the user (through the login files)."""
     proc = subprocess.run(["ssh", "-F", tc("TC_SSH_CONFIG"), tc("TC_LOGIN_HOST"), "umask"],
                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
-    return proc.stdout.strip()
+    return proc.stdout.strip().splitlines()[-1]  # after the banner hpcuser's ~/.bashrc prints
 
 
 class Attacker:

@@ -86,7 +86,10 @@ def remote_command(argv: list[str], *, shell: str | None = None, args: tuple[str
             r.run(argv)
     (cmd,) = sent
     assert cmd[-2] == "login" and cmd[-3] == "--", cmd
-    return cmd[-1]
+    # The fixed output mark comes first (see test_remote_banner.py); the rest is the command.
+    prefix = f"echo {remote.OUTPUT_MARK}; "
+    assert cmd[-1].startswith(prefix), cmd
+    return cmd[-1].removeprefix(prefix)
 
 
 def run_under(shell: str, command: str, stubs: Path) -> list[str]:
