@@ -179,9 +179,9 @@ def test_emulated_torque_output_appears_only_when_the_job_ends(hpclab: Hpclab, e
 def test_emulated_lsf_time_limit_warning_spares_the_kernels(hpclab: Hpclab, emulated: Emulated) -> None:
     """LSF's -wa warning would signal every process of the job, kernels included (the emulator
     does so, as LSF does: tests/unit/test_emulators.py), and a kernel dies of SIGUSR1. hpclab asks
-    for none: the job script's own timer ends the lab 90 s before a 3-minute limit, and the kernel
+    for none: the job script's own timer ends the lab 90 s before a 2-minute limit, and the kernel
     never sees a USR1."""
-    profile = emulated.install("lsf", time="00:03:00")
+    profile = emulated.install("lsf", time="00:02:00")
     info = hpclab.json("up", profile, "--detach", "--no-browser")
     marker = emulated.login.home / f".usr1-{emulated.login.token}"
     code = ("import signal, os\n"
