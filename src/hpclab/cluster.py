@@ -30,7 +30,7 @@ Report = Callable[[str, str], None]  # progress: (phase, detail); the session la
 def quiet(phase: str, detail: str) -> None:
     log.info("%s: %s", phase, detail)
 
-_F = SessionDir("")  # the file names
+_F = SessionDir  # the file names (class attributes)
 
 # $1 is the session id; the token is the first line of stdin, the job script the rest.
 # The session directory and every file in it are private whatever the umask.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from . import jobscript
-from .cluster import Snapshot
+from .cluster import Snapshot, tunnel_for
 from .errors import ConnectError, HpclabError, Interrupted, JobFailedError, MaxWaitError
 from .options import JOB_KEYS
 from .profiles import Profile
@@ -272,8 +272,7 @@ class Launch:
                 "(pip install -U 'jupyter_server>=2.18' jupyterlab)"
             )
         rec.local_port = free_local_port(self.profile.local_port)
-        self.tunnel = Tunnel(self.cluster.node(rec.node) if rec.transport == "socket" else self.cluster.login,
-                             rec.local_port, rdv.target)
+        self.tunnel = tunnel_for(self.cluster, rec)
         self.tunnel.open()
         self.store.save(rec)
 

@@ -151,6 +151,17 @@ class Remote(abc.ABC):
     def hop(self, dest: str) -> Remote:
         """A Remote for `dest` reached through this host (a compute node behind the login node)."""
 
+    def _finish(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str, *, check: bool,
+                what: str | None) -> Completed:
+        """The command's result; RemoteError with what it said when it failed and `check` is set."""
+        if check and returncode != 0:
+            raise RemoteError(f"{what or argv[0]} exited {returncode} on {self.host}",
+                              hint=stderr.strip()[-800:] or None, returncode=returncode, stdout=stdout, stderr=stderr)
+        return Completed(tuple(argv), returncode, stdout, stderr)
+
+    def _timed_out(self, argv: Sequence[str], timeout: float | None, what: str | None) -> RemoteError:
+        return RemoteError(f"{what or argv[0]} on {self.host} did not answer in {timeout:.0f} s")
+
     def shell(self, script: str, *args: str, **kw: Any) -> Completed:
         """Run a POSIX sh `script` with positional `args`. The script must be one line and
         free of '!' so that csh-family login shells pass it through unchanged."""
@@ -284,20 +295,10 @@ class SshRemote(Remote):
                 start_new_session=True,  # Ctrl-C must not kill a cleanup command halfway
             )
         except subprocess.TimeoutExpired:
-            raise RemoteError(f"{what or argv[0]} on {self.host} did not answer in {timeout:.0f} s") from None
-        stdout = after_mark(proc.stdout)
-        result = Completed(tuple(argv), proc.returncode, stdout, proc.stderr)
+            raise self._timed_out(argv, timeout, what) from None
         if proc.returncode == 255 and not self.alive():
             raise _classify(self.host, proc.stderr)
-        if check and proc.returncode != 0:
-            raise RemoteError(
-                f"{what or argv[0]} exited {proc.returncode} on {self.host}",
-                hint=proc.stderr.strip()[-800:] or None,
-                returncode=proc.returncode,
-                stdout=stdout,
-                stderr=proc.stderr,
-            )
-        return result
+        return self._finish(argv, proc.returncode, after_mark(proc.stdout), proc.stderr, check=check, what=what)
 
     # -- forwards ----------------------------------------------------------------------
 
@@ -361,12 +362,8 @@ class LocalRemote(Remote):
                                   capture_output=True, text=True, timeout=timeout, cwd=self.home, env=env,
                                   start_new_session=True)
         except subprocess.TimeoutExpired:
-            raise RemoteError(f"{what or argv[0]} on {self.host} did not answer in {timeout:.0f} s") from None
-        if check and proc.returncode != 0:
-            raise RemoteError(f"{what or argv[0]} exited {proc.returncode} on {self.host}",
-                              hint=proc.stderr.strip()[-800:] or None, returncode=proc.returncode,
-                              stdout=proc.stdout, stderr=proc.stderr)
-        return Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+            raise self._timed_out(argv, timeout, what) from None
+        return self._finish(argv, proc.returncode, proc.stdout, proc.stderr, check=check, what=what)
 
     def forward(self, spec: str) -> None:
         self.connect()

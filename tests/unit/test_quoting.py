@@ -350,7 +350,7 @@ def test_old_jupyter_server_is_flagged_with_how_to_upgrade(tmp_path: Path, versi
     up = launch.Launch(ctx, Profile(name="p", host="login"))
     rdv = Rendezvous(session=up.record.id, job_id="1", node="node1", user="u", transport="tcp", address="10.0.0.1",
                      port=8888, socket="", pid=1, runtime_dir="/tmp/r", jupyter_server=version)
-    with mock.patch.object(launch, "Tunnel", _NoTunnel):
+    with mock.patch.object(launch, "tunnel_for", _NoTunnel):
         up._open_tunnel(rdv)
     if warned:
         (warning,) = up.warnings
