@@ -112,10 +112,12 @@ class Cluster:
             self._nodes[dest] = self.login.hop(dest)
         return self._nodes[dest]
 
-    def close(self) -> None:
-        """Close the node connections (the login master stays for other sessions)."""
-        for node in self._nodes.values():
-            node.close()
+    def close(self, keep: set[str] | frozenset[str] = frozenset()) -> None:
+        """Close the node connections, except to the nodes in `keep` (other sessions' tunnels
+        run through them); the login master stays for other sessions."""
+        for dest, node in self._nodes.items():
+            if dest.rpartition("@")[2] not in keep:
+                node.close()
 
     # -- scheduler --------------------------------------------------------------------
 

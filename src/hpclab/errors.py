@@ -42,6 +42,22 @@ class ConnectError(HpclabError):
     exit_code = ExitCode.CONNECT
 
 
+class HostKeyError(ConnectError):
+    """A host's key is unknown or differs from the one trusted: nothing was sent to it."""
+
+
+class LoginRefused(ConnectError):
+    """The host answered and refused us (authentication, pam_slurm_adopt, a closed connection)."""
+
+
+class Unreachable(ConnectError):
+    """No answer at all: DNS, routing, a timeout; trying again later may work."""
+
+
+class MasterGone(ConnectError):
+    """The SSH master a command relied on is gone, and hpclab will not log in again by itself."""
+
+
 class RemoteError(HpclabError):
     """A command on the cluster failed; carries what it said."""
 
@@ -60,6 +76,10 @@ class RemoteError(HpclabError):
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
+
+
+class ForwardTaken(RemoteError):
+    """The local port of a forward is held by another program: hpclab sends it nothing."""
 
 
 class SchedulerError(RemoteError):

@@ -19,13 +19,13 @@ from types import TracebackType
 
 from . import jobscript
 from .cluster import Snapshot, tunnel_for
-from .errors import ConnectError, HpclabError, Interrupted, JobFailedError, MaxWaitError
+from .errors import HpclabError, Interrupted, JobFailedError, LoginRefused, MaxWaitError, Unreachable
 from .options import JOB_KEYS
 from .profiles import Profile
 from .redact import redact, register
 from .remote import Counters
 from .schedulers import JobInfo, JobSpec, JobState
-from .session import Context, stop_session
+from .session import Context, open_forward, stop_session
 from .sessiondir import Ended, Rendezvous, SessionDir
 from .state import SessionRecord
 from .tunnel import Tunnel, free_local_port, wait_ready
@@ -111,7 +111,6 @@ class Launch:
                 self.ctx.error(f"the job may still exist: check with `hpclab list` and "
                                f"`hpclab stop {self.record.id}`", None)
             else:
-                self.ctx.close_master_if_unused(self.cluster)
                 if interrupted:
                     job = f"job {self.record.job_id} cancelled, " if self.record.job_id else ""
                     raise Interrupted(f"stopped: {job}session {self.record.id} removed") from None
@@ -167,7 +166,9 @@ class Launch:
 
     def watch(self) -> None:
         """Keep the session healthy in the foreground; raises JobEndedError when it ends."""
-        Watch(self.record, self.cluster, report=self.report, warnings=self.profile.walltime_warnings).run()
+        rec = self.record
+        Watch(rec, self.cluster, report=self.report, warnings=self.profile.walltime_warnings,
+              moved=lambda port: self.store.update(rec.id, local_port=port)).run()
 
     # -- steps ------------------------------------------------------------------------
 
@@ -240,19 +241,25 @@ class Launch:
         """Open the node connection while Jupyter starts. In auto mode this decides the
         transport and tells the job through the `listen` file it waits for."""
         rec = self.record
+        refused = ""
         try:
             self.cluster.node(rec.node or "").connect()
-            ok = True
-        except ConnectError as exc:
-            ok = False
+        except (LoginRefused, Unreachable) as exc:
+            # The node answered "no" (pam_slurm_adopt, no sshd, a firewall): tcp is what the site
+            # allows. A host-key problem, or anything else, is an error, never a reason to downgrade.
             if rec.transport == "socket":
-                raise ConnectError(
+                raise type(exc)(
                     f"cannot open an SSH connection to the compute node {rec.node} through {rec.host}",
                     hint=f"{exc.message}. Use --transport tcp if the cluster does not allow SSH to nodes.",
                 ) from None
+            refused = exc.message
         if rec.transport == "auto":
-            rec.transport = "socket" if ok else "tcp"
-            self.report("transport", f"transport: {rec.transport}" + ("" if ok else " (the node refuses SSH)"))
+            rec.transport = "tcp" if refused else "socket"
+            self.report("transport", f"transport: {rec.transport}" +
+                        (f" (the node refuses SSH: {refused})" if refused else ""))
+            if refused:
+                self.ctx.warn(f"the lab listens on {rec.node}'s network address (transport tcp): {refused}. "
+                              "Other users of the cluster can reach its port; the token keeps them out")
             self.cluster.write_listen(rec.id, rec.transport)
             self.store.save(rec)
 
@@ -271,9 +278,8 @@ class Launch:
                 "cookie leaks: upgrade it in the environment your setup lines activate "
                 "(pip install -U 'jupyter_server>=2.18' jupyterlab)"
             )
-        rec.local_port = free_local_port(self.profile.local_port)
+        rec.local_port = open_forward(self.cluster, rec, free_local_port(self.profile.local_port))
         self.tunnel = tunnel_for(self.cluster, rec)
-        self.tunnel.open()
         self.store.save(rec)
 
     def _failed(self, job: JobInfo | None, ended: Ended | None = None) -> HpclabError:

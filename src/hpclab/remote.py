@@ -26,13 +26,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import hostkeys
-from .errors import ConnectError, RemoteError
+from .errors import ConnectError, ForwardTaken, HostKeyError, LoginRefused, MasterGone, RemoteError, Unreachable
 from .paths import private_dir
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,21 @@ SAFE_OPTIONS = (
     "-o", "GatewayPorts=no",
     "-o", "PermitLocalCommand=no",
 )
+# Commands, file transfers and forwards go over the master only. Were it gone, ssh would open a
+# connection of its own: a second login, perhaps a 2FA prompt. ssh runs a ProxyCommand only for such
+# a connection of its own, so this one makes that fail at once, with a word hpclab recognises, and
+# BatchMode forbids any prompt. Only `connect()` logs in.
+NO_MASTER = "hpclab-no-master-7c2e"
+MUX_ONLY = (
+    "-o", "BatchMode=yes",
+    "-o", f"ProxyCommand=sh -c 'echo {NO_MASTER} >&2; exit 1'",
+)
+# An unused master (no command, no connection through a forward) exits after this long, so a master
+# that no session needs does not stay logged in forever, even if hpclab never runs again.
+MASTER_IDLE = "1h"
 MASTER_OPTIONS = (
     "-o", "ControlMaster=yes",
-    "-o", "ControlPersist=yes",
+    "-o", f"ControlPersist={MASTER_IDLE}",
     "-o", "ClearAllForwardings=yes",
     "-o", "ExitOnForwardFailure=yes",
     "-o", "ServerAliveInterval=10",
@@ -86,31 +98,36 @@ class Counters:
     commands: int = 0
 
 
+# Two logins of one command closer together than this are a loop, not a blip: hpclab stops asking.
+RECONNECT_GAP = 600.0
+
+
 def _classify(host: str, stderr: str) -> ConnectError:
     text = stderr.strip()
     low = text.lower()
     if "remote host identification has changed" in low or "host key verification failed" in low:
         if "has changed" in low:
-            return ConnectError(
+            return HostKeyError(
                 f"the host key of {host} has changed: hpclab stopped before sending anything",
                 hint="if the cluster's admins announced new host keys, remove the old one with "
                 f"`ssh-keygen -R {host}` and verify the new fingerprint; otherwise someone may be "
                 "intercepting the connection",
             )
-        return ConnectError(
+        return HostKeyError(
             f"the host key of {host} is not known or does not match",
             hint=f"connect once with `ssh {host}` to verify and accept the host key, then retry",
         )
-    if "permission denied" in low or "too many authentication failures" in low:
-        return ConnectError(
+    if any(s in low for s in ("permission denied", "too many authentication failures", "access denied",
+                              "connection closed", "authentication failed")):
+        return LoginRefused(
             f"{host} refused the login",
             hint=f"check that `ssh {host} true` works (key, agent, user name)"
             + (f"\nssh said: {text[-300:]}" if text else ""),
         )
     if "could not resolve hostname" in low:
-        return ConnectError(f"cannot resolve the host name {host}", hint="check `host` in the profile or ~/.ssh/config")
+        return Unreachable(f"cannot resolve the host name {host}", hint="check `host` in the profile or ~/.ssh/config")
     if any(s in low for s in ("no route to host", "connection refused", "timed out", "network is unreachable")):
-        return ConnectError(
+        return Unreachable(
             f"cannot reach {host}",
             hint=f"ssh said: {text[-300:]}\ncheck the network, VPN, or the host name",
         )
@@ -142,7 +159,10 @@ class Remote(abc.ABC):
 
     @abc.abstractmethod
     def forward(self, spec: str) -> None:
-        """Add a local forward `127.0.0.1:PORT:TARGET` (TARGET "host:port" or a socket path)."""
+        """Hold the local forward `127.0.0.1:PORT:TARGET` (TARGET "host:port" or a socket path):
+        returns when this connection holds it now, whether it had it already or bound it now,
+        so a success proves the port is hpclab's. Raises ForwardTaken when another program holds
+        the port, MasterGone when the connection is gone (it does not connect)."""
 
     @abc.abstractmethod
     def cancel_forward(self, spec: str) -> None: ...
@@ -190,30 +210,41 @@ class SshRemote(Remote):
         *,
         via: SshRemote | None = None,
         counters: Counters | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
         self.ssh_options = tuple(ssh_options)
         self.control_dir = control_dir
         self.via = via
         self.counters: Counters = counters or (via.counters if via else Counters())
+        # says "logging in again" to the user; a login must never happen unseen after the first
+        self.notify: Callable[[str], None] = notify or (via.notify if via else log.warning)
+        self._logged_in_at: float | None = None  # when this object's master last authenticated
+        self._refused: ConnectError | None = None  # a login that failed is not tried again
         key = "\0".join((host, *self.ssh_options, via.control_path if via else ""))
         self.control_path: str = str(control_dir / hashlib.sha256(key.encode()).hexdigest()[:16])
 
     # -- argv building -----------------------------------------------------------------
 
-    def _base(self) -> list[str]:
-        argv = ["ssh", *SAFE_OPTIONS, *self.ssh_options, "-o", f"ControlPath={self.control_path}"]
-        if self.via is not None:
+    def _base(self, *, mux_only: bool = False) -> list[str]:
+        """ssh, hpclab's options first (ssh takes the first value of an option), then the user's.
+        `mux_only`: through the master or not at all (commands, forwards); otherwise how to make
+        the master itself (for a node: through the login master, whatever the user's options say)."""
+        argv = ["ssh", *SAFE_OPTIONS]
+        if mux_only:
+            argv += MUX_ONLY
+        elif self.via is not None:
             # ssh expands %h:%p in the -W argument; every other % (a user's own "%h" included)
             # must reach the inner ssh unchanged, so it is escaped as %%.
             words = [shlex.quote(a).replace("%", "%%") for a in self.via.argv_for(["-W", "HOST:PORT"])]
             words[-3] = "%h:%p"  # argv_for ends with: -W HOST:PORT -- host
-            argv += ["-o", "ProxyCommand=" + " ".join(words)]
-        return argv
+            # A node is reached with the keys the user already has: never a prompt of its own.
+            argv += ["-o", "BatchMode=yes", "-o", "ProxyCommand=" + " ".join(words)]
+        return [*argv, *self.ssh_options, "-o", f"ControlPath={self.control_path}"]
 
     def argv_for(self, extra: Sequence[str]) -> list[str]:
-        """ssh argv through this master: `ssh OPTS -o ControlMaster=no EXTRA -- HOST`."""
-        return [*self._base(), "-o", "ControlMaster=no", *extra, "--", self.host]
+        """ssh argv through this master and only through it: `ssh OPTS EXTRA -- HOST`."""
+        return [*self._base(mux_only=True), "-o", "ControlMaster=no", *extra, "--", self.host]
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -221,18 +252,31 @@ class SshRemote(Remote):
         if not os.path.exists(self.control_path):
             return False
         proc = subprocess.run(
-            [*self._base(), "-O", "check", "--", self.host],
+            [*self._base(mux_only=True), "-O", "check", "--", self.host],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, start_new_session=True,
             timeout=10,
         )
         return proc.returncode == 0
 
     def connect(self) -> None:
-        """Open the master unless one is alive. Raises ConnectError with what ssh said."""
+        """Open the master unless one is alive: the one login of a command. A master that died
+        is replaced once, visibly (`notify`); a login that failed, or a second loss within
+        RECONNECT_GAP, raises instead of asking again (a loop of 2FA prompts can lock an account).
+        Raises ConnectError (HostKeyError, LoginRefused, Unreachable, MasterGone) with what ssh said."""
         if self.alive():
             return
+        if self._refused is not None:
+            raise self._refused
         if self.via is not None:
             self.via.connect()
+        elif self._logged_in_at is not None or os.path.exists(self.control_path):
+            if self._logged_in_at is not None and time.monotonic() - self._logged_in_at < RECONNECT_GAP:
+                raise MasterGone(
+                    f"the connection to {self.host} dropped again within {RECONNECT_GAP / 60:.0f} minutes; "
+                    "hpclab does not log in again by itself",
+                    hint="check the network, then run the command again (`hpclab attach ID` brings a tunnel back)",
+                )
+            self.notify(f"the connection to {self.host} is gone; logging in again")
         private_dir(self.control_dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.control_path)  # a stale socket of a dead master
@@ -245,18 +289,22 @@ class SshRemote(Remote):
             try:
                 rc = subprocess.run(argv, stdin=None, stdout=subprocess.DEVNULL, stderr=err, timeout=300).returncode
             except subprocess.TimeoutExpired:
-                raise ConnectError(f"ssh to {self.host} did not finish authenticating in 300 s") from None
+                raise Unreachable(f"ssh to {self.host} did not finish authenticating in 300 s") from None
             err.seek(0)
             stderr = err.read()
         self.counters.connects += 1
         log.debug("connect: rc=%s in %.2fs", rc, time.monotonic() - started)
         if rc != 0:
-            raise _classify(self.host, stderr)
+            error = _classify(self.host, stderr)
+            if not isinstance(error, Unreachable):
+                self._refused = error  # the host answered and said no: asking again would not help
+            raise error
+        self._logged_in_at = time.monotonic()
 
     def close(self) -> None:
         if os.path.exists(self.control_path):
             subprocess.run(
-                [*self._base(), "-O", "exit", "--", self.host],
+                [*self._base(mux_only=True), "-O", "exit", "--", self.host],
                 stdin=subprocess.DEVNULL, capture_output=True, start_new_session=True, timeout=10,
             )
 
@@ -277,27 +325,31 @@ class SshRemote(Remote):
         timeout: float | None = 120,
         what: str | None = None,
     ) -> Completed:
-        """Run `argv` on the host (quoted once here). Raises ConnectError when ssh itself
-        failed, RemoteError when the command failed and `check` is set."""
-        if not self.alive():
-            self.connect()
+        """Run `argv` on the host (quoted once here), over the master only: with no master,
+        `connect()` opens one (see there) and the command runs once more. Raises ConnectError
+        when there is no master to be had, RemoteError when the command failed and `check` is set."""
         command = shlex.join(argv)
         full = [*self.argv_for(["-T"]), f"echo {OUTPUT_MARK}; {command}"]
         log.debug("run on %s: %s", self.host, command if len(command) < 400 else command[:400] + "...")
-        self.counters.commands += 1
-        try:
-            proc = subprocess.run(
-                full,
-                input=input if input is not None else "",
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                start_new_session=True,  # Ctrl-C must not kill a cleanup command halfway
-            )
-        except subprocess.TimeoutExpired:
-            raise self._timed_out(argv, timeout, what) from None
-        if proc.returncode == 255 and not self.alive():
-            raise _classify(self.host, proc.stderr)
+        for attempt in (1, 2):
+            self.counters.commands += 1
+            try:
+                proc = subprocess.run(
+                    full,
+                    input=input if input is not None else "",
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    start_new_session=True,  # Ctrl-C must not kill a cleanup command halfway
+                )
+            except subprocess.TimeoutExpired:
+                raise self._timed_out(argv, timeout, what) from None
+            if proc.returncode == 255 and NO_MASTER in proc.stderr:
+                if attempt == 2:
+                    raise MasterGone(f"the connection to {self.host} closed as soon as it was made")
+                self.connect()
+                continue
+            break
         return self._finish(argv, proc.returncode, after_mark(proc.stdout), proc.stderr, check=check, what=what)
 
     # -- forwards ----------------------------------------------------------------------
@@ -310,15 +362,18 @@ class SshRemote(Remote):
         self._control("cancel", spec, check=False)
 
     def _control(self, op: str, spec: str, check: bool = True) -> None:
-        argv = [*self._base(), "-o", "ExitOnForwardFailure=yes", "-O", op, "-L", spec, "--", self.host]
+        # The master answers an identical forward it already has with success, and one whose
+        # port another program holds with "Port forwarding failed": `forward` is a proof.
+        argv = [*self._base(mux_only=True), "-o", "ExitOnForwardFailure=yes", "-O", op, "-L", spec, "--", self.host]
         log.debug("%s forward %s", op, spec)
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               start_new_session=True, timeout=20)
         if check and proc.returncode != 0:
-            raise RemoteError(
-                f"could not {op} the forward {spec} on the connection to {self.host}",
-                hint=proc.stderr.strip() or None,
-            )
+            said = proc.stderr.strip()
+            if "control socket connect" in said.lower():
+                raise MasterGone(f"the connection to {self.host} is gone", hint=said or None)
+            kind = ForwardTaken if "forwarding failed" in said.lower() else RemoteError
+            raise kind(f"could not {op} the forward {spec} on the connection to {self.host}", hint=said or None)
 
 
 class LocalRemote(Remote):
@@ -328,27 +383,34 @@ class LocalRemote(Remote):
     For tests and for trying hpclab without a cluster; it authenticates nobody."""
 
     def __init__(self, home: Path, host: str = "localhost", *, env: dict[str, str] | None = None,
-                 counters: Counters | None = None, forwards: dict[str, _Relay] | None = None) -> None:
+                 counters: Counters | None = None, forwards: dict[tuple[str, str], _Relay] | None = None,
+                 masters: set[str] | None = None, via: LocalRemote | None = None) -> None:
         self.home = home
         self.host = host
         self.env = env
         self.counters = counters or Counters()
-        self._open = False
-        # shared with hop()s, as an ssh master's forwards are one process's: close() ends them all
-        self._forwards: dict[str, _Relay] = {} if forwards is None else forwards
+        self.via = via
+        # Shared with hop()s, as ssh masters are processes that outlive one Remote object: which
+        # hosts have an open "master", and each one's forwards. Closing the login's ends every
+        # node's too, as a node master's connection runs through the login master.
+        self._masters: set[str] = set() if masters is None else masters
+        self._forwards: dict[tuple[str, str], _Relay] = {} if forwards is None else forwards
 
     def connect(self) -> None:
-        if not self._open:
-            self._open = True
+        if self.host not in self._masters:
+            self._masters.add(self.host)
             self.counters.connects += 1
 
     def alive(self) -> bool:
-        return self._open
+        return self.host in self._masters
 
     def close(self) -> None:
-        for spec in list(self._forwards):
-            self.cancel_forward(spec)
-        self._open = False
+        for host, spec in list(self._forwards):
+            if self.via is None or host == self.host:
+                self._forwards.pop((host, spec)).close()
+        if self.via is None:
+            self._masters.clear()
+        self._masters.discard(self.host)
 
     def run(self, argv: Sequence[str], *, input: str | None = None, check: bool = True,
             timeout: float | None = 120, what: str | None = None) -> Completed:
@@ -366,24 +428,25 @@ class LocalRemote(Remote):
         return self._finish(argv, proc.returncode, proc.stdout, proc.stderr, check=check, what=what)
 
     def forward(self, spec: str) -> None:
-        self.connect()
+        if not self.alive():
+            raise MasterGone(f"the connection to {self.host} is gone")
+        if (self.host, spec) in self._forwards:
+            return  # as an ssh master answers a forward it has already
         bind, _, target = spec.partition(":")[2].partition(":")
-        if spec in self._forwards:
-            raise RemoteError(f"could not forward the forward {spec} on the connection to {self.host}",
-                              hint="the forward exists already")
         try:
-            self._forwards[spec] = _Relay(int(bind), target)
+            self._forwards[self.host, spec] = _Relay(int(bind), target)
         except OSError as exc:
-            raise RemoteError(f"could not forward the forward {spec} on the connection to {self.host}",
-                              hint=str(exc)) from None
+            raise ForwardTaken(f"could not forward the forward {spec} on the connection to {self.host}",
+                               hint=str(exc)) from None
 
     def cancel_forward(self, spec: str) -> None:
-        relay = self._forwards.pop(spec, None)
+        relay = self._forwards.pop((self.host, spec), None)
         if relay is not None:
             relay.close()
 
     def hop(self, dest: str) -> LocalRemote:
-        return LocalRemote(self.home, dest, env=self.env, counters=self.counters, forwards=self._forwards)
+        return LocalRemote(self.home, dest, env=self.env, counters=self.counters, forwards=self._forwards,
+                           masters=self._masters, via=self)
 
 
 class _Relay:

@@ -16,12 +16,12 @@ from typing import Any
 
 from . import profiles
 from .cluster import Cluster, RemoteSession, Report, quiet, tunnel_for
-from .errors import ConfigError, HpclabError, JobEndedError, JobFailedError, NotFoundError
+from .errors import ConfigError, ForwardTaken, HpclabError, JobEndedError, JobFailedError, NotFoundError
 from .paths import Paths
 from .profiles import Profile
 from .redact import redact, register
 from .remote import Counters, Remote, SshRemote
-from .schedulers import JobInfo
+from .schedulers import JobInfo, JobState
 from .sessiondir import SessionDir
 from .state import CorruptRecord, SessionRecord, Store
 from .tunnel import Tunnel, free_local_port, probe, wait_ready
@@ -50,7 +50,18 @@ class Context:
     def ssh(cls, paths: Paths, **kw: Any) -> Context:
         """The real thing: the system ssh, one ControlMaster per login node."""
         counters = Counters()  # what this command cost, over all its connections
-        return cls(paths, lambda host, opts: SshRemote(host, opts, paths.control_dir, counters=counters), **kw)
+        # One SshRemote per login node and options in a command, so that its rule of one visible
+        # re-login (SshRemote.connect) holds for the whole command.
+        remotes: dict[tuple[str, tuple[str, ...]], SshRemote] = {}
+
+        def connect(host: str, opts: tuple[str, ...]) -> Remote:
+            if (host, opts) not in remotes:
+                remotes[host, opts] = SshRemote(host, opts, paths.control_dir, counters=counters,
+                                                notify=lambda message: ctx.report("reconnect", message))
+            return remotes[host, opts]
+
+        ctx = cls(paths, connect, **kw)
+        return ctx
 
     @property
     def store(self) -> Store:
@@ -65,9 +76,12 @@ class Context:
     def profile(self, name: str, flags: dict[str, object] | None = None) -> Profile:
         return profiles.resolve(name, self.paths.config_file, flags)
 
-    def close_master_if_unused(self, cluster: Cluster) -> None:
-        """The login master serves every session of its cluster: it goes with the last one."""
-        if not any(r.host == cluster.login.host for r in self.store.all()):
+    def close_unused(self, cluster: Cluster) -> None:
+        """Close the connections no remaining session needs: a node connection goes with the
+        last socket session on that node, the login master with the last session of its cluster."""
+        left = [r for r in self.store.all() if r.host == cluster.login.host]
+        cluster.close(keep={r.node for r in left if r.transport == "socket" and r.node})
+        if not left:
             cluster.login.close()
 
 
@@ -84,22 +98,28 @@ def find(store: Store, session_id: str) -> SessionRecord:
 
 
 def stop_session(ctx: Context, rec: SessionRecord, cluster: Cluster, *, tunnel: Tunnel | None = None) -> JobInfo | None:
-    """Cancel the job (waiting until the scheduler says it ended), close the forward and the
-    node connection, remove the session directory and the local record. Safe to repeat."""
+    """Cancel the job (waiting until the scheduler says it ended), then forget the session
+    (see forget). Safe to repeat."""
     info = None
-    if tunnel is None and rec.local_port and (rec.port or rec.socket):
-        tunnel = tunnel_for(cluster, rec)
-    if tunnel is not None:
-        tunnel.close()
-    cluster.close()
     if rec.job_id:
         info = cluster.status([rec.job_id])[rec.job_id]
         if not info.state.ended:
             info = cluster.cancel(rec.job_id)
+    forget(ctx, rec, cluster, tunnel=tunnel)
+    return info
+
+
+def forget(ctx: Context, rec: SessionRecord, cluster: Cluster, *, tunnel: Tunnel | None = None) -> None:
+    """A session whose job has ended (or was cancelled): close its forward, remove its files on
+    both sides, and close the connections no other session needs. Safe to repeat."""
+    if tunnel is None and rec.local_port and (rec.port or rec.socket):
+        tunnel = tunnel_for(cluster, rec)
+    if tunnel is not None:
+        tunnel.close()
     cluster.remove_session_dir(rec.id)
     ctx.store.delete(rec.id)
     (ctx.paths.state_dir / "open" / f"{rec.id}.html").unlink(missing_ok=True)
-    return info
+    ctx.close_unused(cluster)
 
 
 # -- stop -------------------------------------------------------------------------------------
@@ -128,7 +148,6 @@ def stop(ctx: Context, session_id: str | None = None, *, every: bool = False,
             ctx.report("stop", f"stopping session {rec.id} (job {rec.job_id})")
             cluster = ctx.cluster_for(rec)
             info = stop_session(ctx, rec, cluster)
-            ctx.close_master_if_unused(cluster)
             results.append(Stopped(rec.id, rec.job_id, info.state.value if info else "none"))
     return results
 
@@ -140,7 +159,7 @@ def stop(ctx: Context, session_id: str | None = None, *, every: bool = False,
 class Row:
     record: SessionRecord
     state: str  # the scheduler's word now: pending, running, completed, ..., unknown
-    tunnel: str  # up, down, none
+    tunnel: str  # up, down (hpclab does not hold it now), taken (another program has its port), none
     time_left: int | None
 
 
@@ -152,7 +171,9 @@ class Listing:
 
 def list_sessions(ctx: Context, profile: str | None = None) -> Listing:
     """Every session with its live state: one scheduler query per cluster. A session whose
-    job has ended is shown once, then forgotten (its files on both sides removed)."""
+    job has ended is shown once, then forgotten (its forward closed, its files on both sides
+    removed, connections no other session needs closed). The token goes only to a forward
+    hpclab has just proven to hold (tunnel_state)."""
     store = ctx.store
     records = [r for r in store.all() if not profile or r.profile == profile]
     problems = list(store.problems)
@@ -170,25 +191,39 @@ def list_sessions(ctx: Context, profile: str | None = None) -> Listing:
             infos = {}
         for rec in recs:
             info = infos.get(rec.job_id or "")
-            tunnel = "none"
-            if rec.local_port:
-                tunnel = "up" if probe(rec.local_port, rec.token, timeout=2) == 200 else "down"
+            ended = bool(info and info.state.ended)
+            tunnel = "none" if ended else tunnel_state(cluster, rec)
             rows.append(Row(rec, info.state.value if info else "unknown", tunnel, info.time_left if info else None))
-            if info and info.state.ended:
-                cluster.remove_session_dir(rec.id)
-                store.delete(rec.id)
+            if ended:
+                forget(ctx, rec, cluster)
     return Listing(rows, problems)
+
+
+def tunnel_state(cluster: Cluster, rec: SessionRecord) -> str:
+    """up, down, taken or none: whether hpclab holds the session's forward now and the lab
+    answers through it. The master must confirm the forward before the token is sent."""
+    if not (rec.local_port and (rec.port or rec.socket)):
+        return "none"
+    try:
+        tunnel_for(cluster, rec).hold()
+    except ForwardTaken:
+        return "taken"
+    except HpclabError as exc:
+        log.debug("forward of %s not held: %s", rec.id, exc)
+        return "down"
+    return "up" if probe(rec.local_port, rec.token, timeout=2) == 200 else "down"
 
 
 # -- url and logs -----------------------------------------------------------------------------
 
 
 def url(ctx: Context, session_id: str) -> SessionRecord:
-    """The session whose URL (with its token) the user asks for."""
+    """The session whose URL (with its token) the user asks for, once hpclab holds its forward
+    and the lab answers through it (re-forwarded, on another port if need be: see reattach)."""
     rec = find(ctx.store, session_id)
-    if not rec.url:
-        raise NotFoundError(f"session {rec.id} has no tunnel yet", hint=f"hpclab attach {rec.id}")
-    return rec
+    if not rec.local_port:
+        raise NotFoundError(f"session {rec.id} has no tunnel", hint=f"hpclab attach {rec.id}")
+    return reattach(ctx, rec, ctx.cluster_for(rec))
 
 
 LOG_FILES = (SessionDir.output, SessionDir.error)
@@ -283,49 +318,86 @@ class Attachment:
         return self.record
 
     def watch(self) -> None:
+        """Until the job ends: then its forward and connections are closed, and JobEndedError says why."""
         try:
             warnings = self.ctx.profile(self.record.profile).walltime_warnings
         except ConfigError:  # attaching works without the profile; its warnings fall back to the defaults
             warnings = Profile(name=self.record.profile, host=self.record.host).walltime_warnings
-        Watch(self.record, self.cluster, report=self.ctx.report, warnings=warnings).run()
+        rec = self.record
+        try:
+            Watch(rec, self.cluster, report=self.ctx.report, warnings=warnings,
+                  moved=lambda port: self.ctx.store.update(rec.id, local_port=port)).run()
+        except JobEndedError:
+            with self.ctx.shield():
+                forget(self.ctx, rec, self.cluster)
+            raise
 
     def detach(self) -> None:
-        """Close the tunnel; the session keeps running."""
+        """Close the tunnel; the session keeps running, without a forward (list shows none)."""
         with self.ctx.shield():
-            tunnel_for(self.cluster, self.record).close()
-            self.cluster.close()
+            if self.record.local_port:
+                tunnel_for(self.cluster, self.record).close()
+            self.record.local_port = None
+            with contextlib.suppress(NotFoundError, CorruptRecord):
+                self.ctx.store.update(self.record.id, local_port=None)
+            self.ctx.close_unused(self.cluster)
 
 
 def reattach(ctx: Context, rec: SessionRecord, cluster: Cluster) -> SessionRecord:
-    """Bring the tunnel of a running session back, on the same local port when it is free,
-    and probe the lab through it. Raises JobEndedError (and forgets the session) if the job ended."""
+    """Bring the tunnel of a running session back and probe the lab through it. The token goes
+    only to a forward hpclab has just proven to hold: when another program has taken the old
+    local port, the forward moves to a free one and the user is told. Raises JobEndedError (and
+    forgets the session) if the job has ended."""
     assert rec.job_id
-    store = ctx.store
     ctx.report("connect", f"connecting to {rec.host}")
     cluster.login.connect()
-    info = cluster.status([rec.job_id])[rec.job_id]
-    if info.state.ended:
-        cluster.remove_session_dir(rec.id)
-        store.delete(rec.id)
-        raise JobEndedError(f"session {rec.id} has ended: {cluster.final_state(info).state.reason}",
-                            hint="start a new one with `hpclab up PROFILE`")
+    # One round trip: the job's state and its end marker. A running job without an end marker
+    # still runs the Jupyter that listens where the rendezvous says (in tcp mode, the node's
+    # port is not re-forwarded once that Jupyter is gone: another user may hold it by then).
+    snap = cluster.poll(rec.id, 0, False, rec.job_id)
+    info = snap.job or JobInfo(rec.job_id, JobState.UNKNOWN)
+    if info.state.ended or snap.ended:
+        forget(ctx, rec, cluster)
+        why = cluster.final_state(info).state.reason if info.state.ended else "Jupyter has exited"
+        raise JobEndedError(f"session {rec.id} has ended: {why}", hint="start a new one with `hpclab up PROFILE`")
     if not (rec.port or rec.socket):
         raise JobFailedError(f"session {rec.id} has no running Jupyter yet",
                              hint=f"wait a moment, or look at `hpclab logs {rec.id}`")
-    if rec.local_port and probe(rec.local_port, rec.token) == 200:
-        ctx.report("tunnel", f"tunnel already up on 127.0.0.1:{rec.local_port}")
-        return rec
     if rec.local_port:
+        try:
+            tunnel_for(cluster, rec).hold()
+            if probe(rec.local_port, rec.token) == 200:
+                ctx.report("tunnel", f"tunnel up on 127.0.0.1:{rec.local_port}")
+                return rec
+        except ForwardTaken:
+            ctx.warn(f"127.0.0.1:{rec.local_port} is held by another program: hpclab sends it nothing "
+                     "and forwards the lab to another port")
+        except HpclabError as exc:
+            log.debug("forward of %s not held: %s", rec.id, exc)
         tunnel_for(cluster, rec).close()
-    rec.local_port = free_local_port(rec.local_port)
-    tunnel_for(cluster, rec).open()
+    old = rec.local_port
+    rec.local_port = open_forward(cluster, rec, free_local_port(rec.local_port))
     if not wait_ready(rec.local_port, rec.token, timeout=30):
         raise JobFailedError(f"session {rec.id} does not answer through the tunnel",
                              hint=f"look at `hpclab logs {rec.id}`, or stop it with `hpclab stop {rec.id}`")
     rec.state = "running"
-    store.update(rec.id, local_port=rec.local_port, state=rec.state)
-    ctx.report("tunnel", f"tunnel up on 127.0.0.1:{rec.local_port}")
+    ctx.store.update(rec.id, local_port=rec.local_port, state=rec.state)
+    moved = f" (was 127.0.0.1:{old}; the old URL no longer works)" if old and old != rec.local_port else ""
+    ctx.report("tunnel", f"tunnel up on 127.0.0.1:{rec.local_port}{moved}")
     return rec
+
+
+def open_forward(cluster: Cluster, rec: SessionRecord, port: int, tries: int = 5) -> int:
+    """Open the session's forward on `port`, or on another free port when a program takes
+    that one first (between our check and ssh's bind); the port it holds."""
+    for _ in range(tries):
+        rec.local_port = port
+        try:
+            tunnel_for(cluster, rec).open()
+            return port
+        except ForwardTaken:
+            port = free_local_port()
+    raise ForwardTaken(f"no free local port held for session {rec.id} after {tries} tries")
 
 
 # -- cleanup ----------------------------------------------------------------------------------
@@ -362,7 +434,7 @@ def cleanup(ctx: Context, profile: str | None, confirm: Callable[[Orphan], bool]
                 cluster.remove_session_dir(found.id)
                 orphan = dataclasses.replace(orphan, cancelled=True)
             report.append(orphan)
-        ctx.close_master_if_unused(cluster)
+        ctx.close_unused(cluster)
     return report
 
 

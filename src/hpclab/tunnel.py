@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import http.client
 import logging
+import os
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import HpclabError
 from .remote import Remote
@@ -39,11 +41,48 @@ def port_free(port: int) -> bool:
     return True
 
 
+KERNEL_SOCKETS = Path("/proc/net/tcp")  # Linux: every TCP socket with its owner's uid
+
+
+def listener_uid(client: socket.socket, proc_net_tcp: Path = KERNEL_SOCKETS) -> int | None:
+    """The uid that owns the listening end of `client`'s TCP connection on 127.0.0.1, from the
+    kernel's socket table; None where there is no such table (not Linux) or no such entry."""
+    try:
+        table = proc_net_tcp.read_text()
+    except OSError:
+        return None
+    here_ip, here_port = client.getsockname()[:2]
+    there_ip, there_port = client.getpeername()[:2]
+
+    def hexaddr(ip: str, port: int) -> str:
+        return "".join(f"{int(b):02X}" for b in reversed(ip.split("."))) + f":{port:04X}"
+
+    # The accepting end is the row whose local address is the one we connected to, and whose
+    # remote address is ours.
+    want = (hexaddr(there_ip, there_port), hexaddr(here_ip, here_port))
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 7 and (fields[1], fields[2]) == want:
+            return int(fields[7])
+    return None
+
+
 def probe(port: int, token: str, timeout: float = 3.0) -> int | None:
     """HTTP status of an authenticated GET /api/status through the forward, or None when
-    nothing answers. /api/status does not count as activity for the idle shutdown."""
+    nothing answers. /api/status does not count as activity for the idle shutdown.
+
+    The token is sent only when the port's listener is one of this user's processes, as the
+    kernel says for this very connection (on Linux): a port another user took over after the
+    forward died gets a connection and no request. Elsewhere the caller's proof (Tunnel.hold)
+    is all there is."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
+        conn.connect()
+        assert conn.sock is not None
+        owner = listener_uid(conn.sock)
+        if owner is not None and owner != os.getuid():
+            log.warning("127.0.0.1:%s belongs to uid %s, not to this user: nothing sent", port, owner)
+            return None
         conn.request("GET", "/api/status", headers={"Authorization": f"token {token}"})
         return conn.getresponse().status
     except (OSError, http.client.HTTPException):
@@ -79,7 +118,14 @@ class Tunnel:
         return f"127.0.0.1:{self.local_port}:{self.target}"
 
     def open(self) -> None:
+        """Connect if needed and hold the forward (see hold)."""
         self.via.connect()
+        self.via.forward(self.spec)
+
+    def hold(self) -> None:
+        """Prove that hpclab's connection holds this forward now, binding it again if the
+        connection lost it. Raises ForwardTaken when another program has the port, MasterGone
+        when the connection is gone; never connects (no login)."""
         self.via.forward(self.spec)
 
     def close(self) -> None:

@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 
 from .cluster import Cluster, Report, quiet, tunnel_for
-from .errors import ConnectError, HpclabError, JobEndedError, TimeLimitError
+from .errors import ForwardTaken, HpclabError, JobEndedError, MasterGone, TimeLimitError, Unreachable
 from .schedulers import JobInfo, JobState
 from .sessiondir import Ended
 from .state import SessionRecord, lab_url
-from .tunnel import probe, wait_ready
+from .tunnel import KERNEL_SOCKETS, free_local_port, probe, wait_ready
 from .units import human
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,10 @@ class Watch:
     def __init__(self, rec: SessionRecord, cluster: Cluster, *, report: Report = quiet,
                  warnings: tuple[int, ...] = (600, 120), clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 lab_probe: Callable[[int, str], int | None] = probe) -> None:
+                 lab_probe: Callable[[int, str], int | None] = probe,
+                 moved: Callable[[int], object] = lambda port: None) -> None:
         self.rec = rec
+        self.moved = moved  # the forward moved to this local port: the caller records it
         self.cluster = cluster
         self.report = report
         self.warn_at = sorted(warnings, reverse=True)
@@ -49,9 +51,11 @@ class Watch:
                 if now >= next_job:
                     self._check_job()
                     next_job = now + job_every
-                if self.probe(self.rec.local_port or 0, self.rec.token) != 200:
+                if not self._held() or self.probe(self.rec.local_port or 0, self.rec.token) != 200:
                     self._repair()
-            except ConnectError as exc:
+            except (Unreachable, MasterGone) as exc:
+                # No answer, or a login hpclab may not make yet (SshRemote.connect): try later.
+                # A refused login or a host-key problem is not retried: it ends the watch.
                 if offline_since is None:
                     offline_since = now
                     self.report("offline", f"cannot reach {self.rec.host} ({exc.message}); retrying")
@@ -73,6 +77,18 @@ class Watch:
                 self.report("tick", f"job {self.rec.job_id} on {self.rec.node}, {human(max(0, left))} left, "
                                     f"lab at {lab_url(self.rec.local_port or 0)}")
             self.sleep(probe_every)
+
+    def _held(self) -> bool:
+        """Whether the forward may be probed with the token. Where the kernel says who listens
+        (probe checks it per connection) that is enough; elsewhere the master must confirm it."""
+        if KERNEL_SOCKETS.exists():
+            return True
+        try:
+            tunnel_for(self.cluster, self.rec).hold()
+        except HpclabError as exc:
+            log.debug("forward not held: %s", exc)
+            return False
+        return True
 
     def _check_job(self) -> None:
         rec = self.rec
@@ -110,16 +126,30 @@ class Watch:
             snap = self.cluster.poll(rec.id, 0, False, rec.job_id)
             if snap.ended or (snap.job and snap.job.state.ended):
                 raise self.ended(snap.job or JobInfo(rec.job_id or "", JobState.ENDED), snap.ended)
-            if self.probe(rec.local_port or 0, rec.token) == 200:
+            if self._held() and self.probe(rec.local_port or 0, rec.token) == 200:
                 return  # a blip
         self.report("reconnect", "the tunnel is down; reconnecting" if alive else
                     "the connection to the login node is gone; reconnecting")
-        if not _try(self.cluster.login.connect):
-            return
-        self._check_job()
+        self.cluster.login.connect()  # at most once, visibly: see SshRemote.connect
+        # Forward again only to the Jupyter of a running job that has not written its end
+        # marker: in tcp mode, once that Jupyter is gone its port on the node may be anyone's.
+        snap = self.cluster.poll(rec.id, 0, False, rec.job_id)
+        if snap.ended or (snap.job and snap.job.state.ended):
+            raise self.ended(snap.job or JobInfo(rec.job_id or "", JobState.ENDED), snap.ended)
         tunnel = tunnel_for(self.cluster, rec)
         tunnel.close()
-        if not _try(tunnel.open):
+        try:
+            tunnel.open()
+        except ForwardTaken:
+            old = rec.local_port
+            rec.local_port = free_local_port()
+            self.report("moved", f"127.0.0.1:{old} is held by another program: hpclab sends it nothing; "
+                                 f"the lab moves to {lab_url(rec.local_port)}")
+            self.moved(rec.local_port)
+            if not _try(tunnel_for(self.cluster, rec).open):
+                return
+        except (Unreachable, MasterGone) as exc:
+            log.debug("retry later: %s", exc)
             return
         if wait_ready(rec.local_port or 0, rec.token, timeout=10):
             self.reconnects += 1

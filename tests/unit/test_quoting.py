@@ -188,8 +188,9 @@ def test_proxy_command_gives_the_inner_ssh_the_login_argv(stubs: Path, opts: lis
     ctl = Path("/tmp/hpclab-test-ctl")
     login = SshRemote("login", opts, ctl)
     node = SshRemote("hpcuser@node1", opts, ctl, via=login)
-    argv = node.argv_for(["-T"])
-    proxy = [a for a in argv if a.startswith("ProxyCommand=")][-1].removeprefix("ProxyCommand=")
+    argv = node._base()  # how the node's master is made
+    # ssh takes the first ProxyCommand: hpclab's, before the user's options
+    proxy = next(a for a in argv if a.startswith("ProxyCommand=")).removeprefix("ProxyCommand=")
     # ssh runs `$SHELL -c "exec <expanded ProxyCommand>"`
     command = "exec " + expand_like_ssh(proxy, "node1", "22")
     got = run_under(POSIX_SHELLS[0], command, stubs)

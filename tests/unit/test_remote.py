@@ -44,8 +44,10 @@ def test_node_connection_jumps_through_the_login_master(tmp_path: Path) -> None:
     weird = tmp_path / "100% dir"
     login = SshRemote("login", ["-F", "/path with space/config"], weird)
     node = SshRemote("me@node1", ["-F", "/path with space/config"], weird, via=login)
-    argv = node.argv_for(["-T"])
+    argv = node._base()  # how the node's master is made
     proxy = next(a for a in argv if a.startswith("ProxyCommand="))[len("ProxyCommand="):]
+    # ssh takes the first ProxyCommand: hpclab's comes before the user's options
+    assert argv.index("ProxyCommand=" + proxy) < argv.index("/path with space/config")
     # ssh expands %h:%p; every other % must reach the shell as a single %
     assert "%h:%p" in proxy
     expanded = proxy.replace("%%", "%")

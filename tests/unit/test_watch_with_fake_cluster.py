@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hpclab.cluster import Snapshot
-from hpclab.errors import ConnectError, JobEndedError, TimeLimitError
+from hpclab.errors import JobEndedError, LoginRefused, MasterGone, TimeLimitError, Unreachable
 from hpclab.schedulers import JobInfo, JobState
 from hpclab.sessiondir import Ended
 from hpclab.state import SessionRecord
@@ -87,7 +87,7 @@ def test_warnings_then_time_limit() -> None:
 
 def test_lost_login_node_is_retried_not_fatal() -> None:
     clock, reports = Clock(), []  # type: ignore[var-annotated]
-    down = ConnectError("cannot reach login")
+    down = Unreachable("cannot reach login")
     cluster = FakeCluster([(JobState.RUNNING, 3000), down, down, down, (JobState.RUNNING, 2900),
                            (JobState.CANCELLED, None)])
     with pytest.raises(JobEndedError, match="cancelled"):
@@ -95,6 +95,24 @@ def test_lost_login_node_is_retried_not_fatal() -> None:
     phases = [p for p, _ in reports]
     assert phases.count("offline") == 1 and phases.count("online") == 1
     assert phases.index("offline") < phases.index("online")
+
+
+def test_a_login_hpclab_may_not_make_yet_waits_like_a_lost_network() -> None:
+    clock, reports = Clock(), []  # type: ignore[var-annotated]
+    cluster = FakeCluster([(JobState.RUNNING, 3000), MasterGone("dropped again"), (JobState.RUNNING, 2900),
+                           (JobState.CANCELLED, None)])
+    with pytest.raises(JobEndedError, match="cancelled"):
+        watch(cluster, clock, reports).run(probe_every=2, job_every=30)
+    assert [p for p, _ in reports].count("offline") == 1
+
+
+def test_a_refused_login_ends_the_watch_instead_of_asking_again() -> None:
+    clock, reports = Clock(), []  # type: ignore[var-annotated]
+    cluster = FakeCluster([(JobState.RUNNING, 3000), LoginRefused("login refused the login"),
+                           (JobState.RUNNING, 2900)])
+    with pytest.raises(LoginRefused):
+        watch(cluster, clock, reports).run(probe_every=2, job_every=30)
+    assert cluster.queries == 2  # asked once more after the refusal: never
 
 
 def test_end_marker_says_time_limit_even_when_the_job_completed() -> None:

@@ -1,0 +1,226 @@
+"""The token goes only to a forward hpclab has just proven to hold (issue: "attacked from outside").
+
+After the forward dies (a killed master, a laptop asleep, a reboot), any program may bind its old
+local port. `list`, `url` and `attach` must then send that port nothing, and move the lab to
+another port, saying so. Through LocalRemote, whose forwards answer like an ssh master's: an
+identical forward it holds is confirmed, one whose port another program holds is refused.
+The same with a second real user and real OpenSSH is in tests/e2e/test_laptop.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import Local
+from hpclab.errors import ForwardTaken, MasterGone
+from hpclab.remote import NO_MASTER, LocalRemote, SshRemote
+from hpclab.tunnel import listener_uid, probe
+
+
+class Squatter:
+    """Another program on the old port: accepts connections and keeps whatever they send."""
+
+    def __init__(self, port: int) -> None:
+        self.server = socket.create_server(("127.0.0.1", port))
+        self.received = b""
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            try:
+                conn.settimeout(1)
+                while data := conn.recv(65536):
+                    self.received += data
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def up(local: Local) -> tuple[str, int, str]:
+    doc = local.json("up", "local", "--detach", "--no-browser")
+    return str(doc["id"]), int(doc["local_port"]), str(doc["url"]).split("token=")[1]
+
+
+def lose_forwards(local: Local) -> None:
+    """The forwards vanish while the master lives on."""
+    for relay in local.remote._forwards.values():
+        relay.close()
+    local.remote._forwards.clear()
+
+
+@pytest.mark.parametrize("master", ["alive", "dead"])
+def test_list_sends_a_port_it_does_not_hold_nothing(local: Local, master: str) -> None:
+    sid, port, token = up(local)
+    if master == "dead":
+        local.remote.close()  # the master dies, its forwards with it
+    else:
+        lose_forwards(local)
+    squatter = Squatter(port)
+    try:
+        (row,) = local.json("list")
+        # with a live master, its refusal to bind the port says who holds it; without one, only "down"
+        assert (row["id"], row["tunnel"]) == (sid, "taken" if master == "alive" else "down")
+        assert squatter.connections == 0 and token.encode() not in squatter.received
+    finally:
+        squatter.close()
+
+
+@pytest.mark.parametrize("master", ["alive", "dead"])
+@pytest.mark.parametrize("command", ["url", "attach"])
+def test_url_and_attach_move_the_lab_off_a_taken_port_and_say_so(local: Local, command: str, master: str) -> None:
+    sid, port, token = up(local)
+    if master == "dead":
+        local.remote.close()
+    else:
+        lose_forwards(local)
+    squatter = Squatter(port)
+    try:
+        argv = ["url", sid] if command == "url" else ["attach", sid, "--detach", "--no-browser", "--json"]
+        rc, out, err = local.hpclab(*argv)
+        assert rc == 0, err
+        assert f"(was 127.0.0.1:{port}; the old URL no longer works)" in err
+        if master == "alive":
+            assert f"127.0.0.1:{port} is held by another program" in err
+        new = int(out.split("127.0.0.1:")[1].split("/")[0])
+        assert new != port and probe(new, token) == 200
+        assert squatter.connections == 0 and token.encode() not in squatter.received
+        (row,) = local.json("list")
+        assert (row["local_port"], row["tunnel"]) == (new, "up")
+    finally:
+        squatter.close()
+
+
+def test_after_an_ended_attach_the_old_port_is_no_longer_the_lab(local: Local) -> None:
+    sid, port, _ = up(local)
+    local.remote.close()
+    attachment_doc = local.json("attach", sid, "--detach", "--no-browser")
+    from hpclab.paths import Paths
+    from hpclab.session import Attachment, Context
+
+    ctx = Context(Paths.from_env(dict(os.environ)), lambda host, opts: local.remote)
+    attachment = Attachment(ctx, sid)
+    attachment.detach()  # what Ctrl-C in `hpclab attach` does
+    (row,) = local.json("list")
+    assert row["tunnel"] == "none" and row["local_port"] is None
+    assert attachment_doc["local_port"] == port
+
+
+def test_a_forward_the_master_already_holds_is_confirmed_and_a_taken_port_refused(tmp_path: Path) -> None:
+    remote = LocalRemote(tmp_path)
+    with pytest.raises(MasterGone):
+        remote.forward("127.0.0.1:0:/nowhere")  # no connection: nothing is bound
+    remote.connect()
+    probe_socket = socket.create_server(("127.0.0.1", 0))
+    taken = probe_socket.getsockname()[1]
+    try:
+        with pytest.raises(ForwardTaken):
+            remote.forward(f"127.0.0.1:{taken}:/nowhere")
+    finally:
+        probe_socket.close()
+    remote.forward(f"127.0.0.1:{taken}:/nowhere")
+    remote.forward(f"127.0.0.1:{taken}:/nowhere")  # the same again: confirmed, not an error
+    remote.close()
+
+
+def test_the_kernel_names_the_owner_of_the_listening_end() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    try:
+        assert listener_uid(client) == os.getuid()
+    finally:
+        client.close()
+        server.close()
+
+
+def test_the_kernel_table_is_read_for_this_very_connection(tmp_path: Path) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    try:
+        rows = Path("/proc/net/tcp").read_text().splitlines()
+        forged = tmp_path / "tcp"  # every socket as if another user (uid 4242) owned it
+        forged.write_text("\n".join([rows[0], *(" ".join(f if i != 7 else "4242" for i, f in enumerate(r.split()))
+                                                for r in rows[1:])]))
+        assert listener_uid(client, forged) == 4242
+        (tmp_path / "empty").write_text(rows[0])
+        assert listener_uid(client, tmp_path / "empty") is None
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_listener_of_another_uid_gets_a_connection_and_no_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.settimeout(2)
+        try:
+            while data := conn.recv(65536):
+                got.append(data)
+        except OSError:
+            pass
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setattr("hpclab.tunnel.listener_uid", lambda client: os.getuid() + 4242)
+    try:
+        assert probe(server.getsockname()[1], "the-token", timeout=2) is None
+    finally:
+        server.close()
+    assert b"the-token" not in b"".join(got)
+
+
+def test_commands_go_through_the_master_or_fail_without_a_login(tmp_path: Path) -> None:
+    """The user's config asks for a jump host and allows prompts: with no master, a command still
+    fails at once, before any connection, with hpclab's word for it."""
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text("Host *\n    ProxyJump jump.invalid\n    BatchMode no\n")
+    remote = SshRemote("login.invalid", ["-F", str(cfg)], tmp_path / "ctl")
+    proc = subprocess.run([*remote.argv_for(["-T"]), "true"], capture_output=True, text=True, timeout=20,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 255 and NO_MASTER in proc.stderr
+    assert "jump.invalid" not in proc.stderr  # never tried to connect anywhere
+
+
+def test_a_command_without_master_logs_in_once_then_gives_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = SshRemote("login.invalid", [], tmp_path / "ctl")
+    logins: list[str] = []
+    monkeypatch.setattr(remote, "connect", lambda: logins.append("login"))
+    with pytest.raises(MasterGone):
+        remote.run(["true"])
+    assert logins == ["login"]
+
+
+def test_a_second_loss_soon_after_a_login_is_not_a_second_login(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    told: list[str] = []
+    remote = SshRemote("login.invalid", [], tmp_path / "ctl", notify=told.append)
+    ran: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(remote, "alive", lambda: False)
+    remote.connect()  # the command's login
+    assert len(ran) == 1 and told == []
+    with pytest.raises(MasterGone, match="dropped again"):
+        remote.connect()  # the master died a moment later
+    assert len(ran) == 1
