@@ -220,6 +220,7 @@ class SshRemote(Remote):
         # says "logging in again" to the user; a login must never happen unseen after the first
         self.notify: Callable[[str], None] = notify or (via.notify if via else log.warning)
         self._logged_in_at: float | None = None  # when this object's master last authenticated
+        self._relogged_at: float | None = None  # ... the last time that replaced a lost master
         self._refused: ConnectError | None = None  # a login that failed is not tried again
         key = "\0".join((host, *self.ssh_options, via.control_path if via else ""))
         self.control_path: str = str(control_dir / hashlib.sha256(key.encode()).hexdigest()[:16])
@@ -267,10 +268,13 @@ class SshRemote(Remote):
             return
         if self._refused is not None:
             raise self._refused
+        # A login after this command's own first one, or replacing a master an earlier command
+        # made: the user must see it, and one such soon after another is a loop.
+        relogin = self.via is None and (self._logged_in_at is not None or os.path.exists(self.control_path))
         if self.via is not None:
             self.via.connect()
-        elif self._logged_in_at is not None or os.path.exists(self.control_path):
-            if self._logged_in_at is not None and time.monotonic() - self._logged_in_at < RECONNECT_GAP:
+        elif relogin:
+            if self._relogged_at is not None and time.monotonic() - self._relogged_at < RECONNECT_GAP:
                 raise MasterGone(
                     f"the connection to {self.host} dropped again within {RECONNECT_GAP / 60:.0f} minutes; "
                     "hpclab does not log in again by itself",
@@ -300,6 +304,8 @@ class SshRemote(Remote):
                 self._refused = error  # the host answered and said no: asking again would not help
             raise error
         self._logged_in_at = time.monotonic()
+        if relogin:
+            self._relogged_at = self._logged_in_at
 
     def close(self) -> None:
         if os.path.exists(self.control_path):

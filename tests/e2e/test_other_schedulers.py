@@ -4,6 +4,7 @@ node; Ctrl-C, `stop` and `list` behave as with SLURM."""
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 
@@ -71,6 +72,9 @@ def test_sge_ctrl_c_leaves_no_job(hpclab: Hpclab, sge: None) -> None:
     user = tc("TC_USER")
     run = hpclab.start("up", "testcluster-sge", "--no-browser")
     run.wait_url()
+    # A Grid Engine job gives no SLURM job on the node, so pam_slurm_adopt refuses SSH there: auto
+    # falls back to tcp, visibly and with the node's own reason.
+    assert re.search(r"transport: tcp \(the node refuses SSH: node\d refused the login\)", run.stderr()), run.stderr()
     rec = running_session(hpclab)
     assert rec["job_id"] in sge_jobs(user)
     run.signal(signal.SIGINT)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from lab import Hpclab, hpclab, session_dirs, tcx, user_jobs, wait_for
 
 if TYPE_CHECKING:
@@ -146,15 +147,20 @@ def test_site_profile_gives_a_socket_lab_with_node_keys_from_the_login_node(hpcl
     hpclab.json("stop", info["id"])
 
 
-def test_a_node_key_the_login_node_does_not_publish_is_refused(hpclab: Hpclab, cluster: Cluster) -> None:
+@pytest.mark.parametrize("transport", ["socket", "auto"])
+def test_a_node_key_the_login_node_does_not_publish_is_refused(hpclab: Hpclab, cluster: Cluster,
+                                                               transport: str) -> None:
+    """In auto transport too: a host-key problem is never a reason to fall back to tcp."""
     keys = published_lines(cluster)
     swapped = "".join(f"{n} {keys[m]}\n" for n, m in zip(cluster.nodes, reversed(cluster.nodes), strict=True))
     only_login = f"login {keys['login']}\n"
     for text, what in ((swapped, "mismatching"), (only_login, "unpublished")):
         with published_on_login(cluster, text):
-            proc = hpclab("up", "testcluster-site", "--detach", "--no-browser")
+            proc = hpclab("up", "testcluster-site", "--transport", transport, "--detach", "--no-browser")
         assert proc.returncode == 3, (what, proc.stderr)
-        assert "host key" in proc.stderr, (what, proc.stderr)
+        assert re.search(r"the host key of node\d (has changed|is not known or does not match)", proc.stderr), \
+            (what, proc.stderr)
+        assert "transport: tcp" not in proc.stderr, (what, proc.stderr)
         wait_for(lambda: user_jobs(cluster.user) == [], 30, what=f"the job to be gone ({what})")
         assert hpclab.json("list") == [], what
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import Local
-from hpclab.errors import ForwardTaken, MasterGone
+from hpclab.errors import ConfigError, ForwardTaken, MasterGone
+from hpclab.paths import private_dir
 from hpclab.remote import NO_MASTER, LocalRemote, SshRemote
-from hpclab.tunnel import listener_uid, probe
+from hpclab.tunnel import listener_uid, probe, wait_ready
 
 
 class Squatter:
@@ -207,7 +208,7 @@ def test_a_command_without_master_logs_in_once_then_gives_up(tmp_path: Path, mon
     assert logins == ["login"]
 
 
-def test_a_second_loss_soon_after_a_login_is_not_a_second_login(tmp_path: Path,
+def test_a_lost_master_is_replaced_once_visibly_and_not_in_a_loop(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     told: list[str] = []
     remote = SshRemote("login.invalid", [], tmp_path / "ctl", notify=told.append)
@@ -221,6 +222,43 @@ def test_a_second_loss_soon_after_a_login_is_not_a_second_login(tmp_path: Path,
     monkeypatch.setattr(remote, "alive", lambda: False)
     remote.connect()  # the command's login
     assert len(ran) == 1 and told == []
+    remote.connect()  # the master died: one login again, and the user is told
+    assert len(ran) == 2 and told == ["the connection to login.invalid is gone; logging in again"]
     with pytest.raises(MasterGone, match="dropped again"):
-        remote.connect()  # the master died a moment later
-    assert len(ran) == 1
+        remote.connect()  # and died again a moment later: no third login
+    assert len(ran) == 2
+
+
+def test_ready_means_200_not_just_an_answer() -> None:
+    """A server that answers, but refuses the token (403), is not a ready lab."""
+    import http.server
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(403)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert probe(server.server_address[1], "t") == 403  # control: it answers
+        assert wait_ready(server.server_address[1], "t", timeout=0.5) is False
+    finally:
+        server.shutdown()
+
+
+def test_a_state_or_control_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    foreign = tmp_path / "ctl"
+    foreign.mkdir(mode=0o700)
+    if os.getuid() == 0:
+        os.chown(foreign, 65534, 65534)  # nobody's
+    else:
+        foreign = Path("/")  # root's
+    with pytest.raises(ConfigError, match="belongs to another user"):
+        private_dir(foreign)
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    assert private_dir(mine) == mine and (mine.stat().st_mode & 0o777) == 0o700  # control, tightened

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import string
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def test_up_gives_a_lab_that_answers_only_with_the_token(local: Local) -> None:
     assert doc["state"] == "running" and doc["transport"] == "socket" and doc["scheduler"] == "none"
     assert isinstance(port, int) and probe(port, token) == 200
     assert probe(port, "not-the-token") == 403
+    assert len(token) >= 43 and set(token) <= set(string.ascii_letters + string.digits + "-_")  # 256 bits
     sdir = local.sessions_dir() / str(doc["id"])
     assert stat.S_IMODE(sdir.stat().st_mode) == 0o700
     assert (sdir / "token").read_text() == token and stat.S_IMODE((sdir / "token").stat().st_mode) == 0o600

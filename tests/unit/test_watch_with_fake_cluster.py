@@ -109,7 +109,7 @@ def test_a_login_hpclab_may_not_make_yet_waits_like_a_lost_network() -> None:
 def test_a_refused_login_ends_the_watch_instead_of_asking_again() -> None:
     clock, reports = Clock(), []  # type: ignore[var-annotated]
     cluster = FakeCluster([(JobState.RUNNING, 3000), LoginRefused("login refused the login"),
-                           (JobState.RUNNING, 2900)])
+                           (JobState.RUNNING, 2900), (JobState.CANCELLED, None)])
     with pytest.raises(LoginRefused):
         watch(cluster, clock, reports).run(probe_every=2, job_every=30)
     assert cluster.queries == 2  # asked once more after the refusal: never
