@@ -243,6 +243,10 @@ class SshRemote(Remote):
             argv += ["-o", "BatchMode=yes", "-o", "ProxyCommand=" + " ".join(words)]
         return [*argv, *self.ssh_options, "-o", f"ControlPath={self.control_path}"]
 
+    def master_argv(self) -> list[str]:
+        """The ssh that authenticates and becomes the master (it forks into the background)."""
+        return [*self._base(), *MASTER_OPTIONS, "-f", "-N", "--", self.host]
+
     def argv_for(self, extra: Sequence[str]) -> list[str]:
         """ssh argv through this master and only through it: `ssh OPTS EXTRA -- HOST`."""
         return [*self._base(mux_only=True), "-o", "ControlMaster=no", *extra, "--", self.host]
@@ -284,7 +288,7 @@ class SshRemote(Remote):
         private_dir(self.control_dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.control_path)  # a stale socket of a dead master
-        argv = [*self._base(), *MASTER_OPTIONS, "-f", "-N", "--", self.host]
+        argv = self.master_argv()
         log.debug("connect: %s", shlex.join(argv))
         # The master forks into the background after authenticating; its stderr must not be a
         # pipe we read to EOF, or we would wait for the master to exit.

@@ -72,3 +72,21 @@ def test_ssh_failures_are_told_apart() -> None:
     assert "refused the login" in _classify("login", "hpcuser@10.0.0.1: Permission denied (publickey).").message
     assert "cannot reach" in _classify("login", "ssh: connect to host x port 22: No route to host").message
     assert "cannot resolve" in _classify("nohost", "ssh: Could not resolve hostname nohost: Name").message
+
+
+def effective_options(argv: list[str]) -> dict[str, str]:
+    """What ssh would use for this argv (ending in `-- HOST`), as `ssh -G` prints it."""
+    out = subprocess.run([argv[0], "-G", *argv[1:-2], "--", argv[-1]], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=20)
+    assert out.returncode == 0, out.stderr
+    return dict(ln.split(" ", 1) for ln in out.stdout.splitlines() if " " in ln)
+
+
+def test_the_master_does_not_persist_forever_and_commands_never_prompt(tmp_path: Path) -> None:
+    config = tmp_path / "cfg"
+    config.write_text("Host *\n  ControlPersist yes\n  BatchMode no\n")
+    r = SshRemote("login", ["-F", str(config)], tmp_path)
+    assert effective_options(r.master_argv())["controlpersist"] == "3600"  # an unused master exits after an hour
+    assert effective_options(r.argv_for(["-T"]))["batchmode"] == "yes"
+    node = SshRemote("node1", ["-F", str(config)], tmp_path, via=r)
+    assert effective_options(node.master_argv())["batchmode"] == "yes"  # a node never prompts
