@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -272,12 +273,21 @@ class SshRemote(Remote):
             return
         if self._refused is not None:
             raise self._refused
+        if self.via is not None:
+            self.via.connect()
+        private_dir(self.control_dir)
+        # Commands started together (five `hpclab up` at once) make one master: the first one
+        # logs in, the others wait for it here and then use it.
+        with open(self.control_path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self.alive():
+                self._login()
+
+    def _login(self) -> None:
         # A login after this command's own first one, or replacing a master an earlier command
         # made: the user must see it, and one such soon after another is a loop.
         relogin = self.via is None and (self._logged_in_at is not None or os.path.exists(self.control_path))
-        if self.via is not None:
-            self.via.connect()
-        elif relogin:
+        if relogin:
             if self._relogged_at is not None and time.monotonic() - self._relogged_at < RECONNECT_GAP:
                 raise MasterGone(
                     f"the connection to {self.host} dropped again within {RECONNECT_GAP / 60:.0f} minutes; "
@@ -285,7 +295,6 @@ class SshRemote(Remote):
                     hint="check the network, then run the command again (`hpclab attach ID` brings a tunnel back)",
                 )
             self.notify(f"the connection to {self.host} is gone; logging in again")
-        private_dir(self.control_dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.control_path)  # a stale socket of a dead master
         argv = self.master_argv()

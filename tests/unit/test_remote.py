@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
+import threading
 from pathlib import Path
+
+import pytest
 
 from hpclab.remote import SshRemote, _classify
 
@@ -90,3 +94,30 @@ def test_the_master_does_not_persist_forever_and_commands_never_prompt(tmp_path:
     assert effective_options(r.argv_for(["-T"]))["batchmode"] == "yes"
     node = SshRemote("node1", ["-F", str(config)], tmp_path, via=r)
     assert effective_options(node.master_argv())["batchmode"] == "yes"  # a node never prompts
+
+
+def test_commands_started_together_make_one_master(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five commands find no master at once: one logs in, the others wait and use its master.
+    A STAND-IN ssh on PATH: `-O check` answers from a marker file; the master takes 0.5 s to log in."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "ssh"
+    fake.write_text(f"""#!/bin/sh
+case " $* " in
+  *" -O check "*) [ -e {tmp_path}/master ] ;;
+  *" -N "*) echo login >> {tmp_path}/logins; sleep 0.5; touch {tmp_path}/master ;;
+  *) exit 255 ;;
+esac
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    ctl = tmp_path / "ctl"
+    remotes = [SshRemote("login", [], ctl) for _ in range(5)]
+    # alive() also wants the control socket to exist; the stand-in master does not make one
+    monkeypatch.setattr(os.path, "exists", lambda p: Path(str(p)).exists() or str(p).startswith(str(ctl)))
+    threads = [threading.Thread(target=r.connect) for r in remotes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (tmp_path / "logins").read_text().split() == ["login"]
