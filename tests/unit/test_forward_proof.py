@@ -262,3 +262,16 @@ def test_a_state_or_control_directory_of_another_user_is_refused(tmp_path: Path)
     mine = tmp_path / "mine"
     mine.mkdir(mode=0o755)
     assert private_dir(mine) == mine and (mine.stat().st_mode & 0o777) == 0o700  # control, tightened
+
+
+def test_no_forward_to_a_node_port_once_its_jupyter_has_exited(local: Local) -> None:
+    """The job wrote its end marker (Jupyter exited) and the scheduler still shows the job: in tcp
+    mode the node's port may be anyone's by now, so attach forwards nothing and says why."""
+    sid, port, _ = up(local)
+    local.remote.close()  # the forward is gone: attach would have to open it again
+    (local.sessions_dir() / sid / "ended.json").write_text('{"reason": "exited", "exit_code": 0}\n')
+    rc, _, err = local.hpclab("attach", sid, "--detach", "--no-browser")
+    assert rc == 7 and "Jupyter has exited" in err, err
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+    assert local.json("list") == []  # forgotten, its files removed
