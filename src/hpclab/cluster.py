@@ -73,6 +73,7 @@ SUBMIT = (
 )
 # $1 session dir (relative to $HOME), $2 tenths of a second to wait at most, $3 1 to
 # return as soon as the job has started; the rest is the scheduler's status argv (maybe none).
+# A planted file does not end the wait early (hpclab_ok, not -e): `up` would poll in a tight loop.
 POLL = (
     _OWN + 'd="$HOME/$1"; n=$2; s=$3; shift 3; i=0; while [ "$i" -lt "$n" ]; do '
     f'hpclab_ok "$d/{_F.rendezvous}" && break; hpclab_ok "$d/{_F.ended}" && break; '
@@ -91,7 +92,7 @@ REMOVE_DIR = _OWN + f'hpclab_own "$HOME/{ROOT}" "$HOME/{SESSIONS}" "$HOME/$1" &&
 TAIL = _OWN + 'f="$HOME/$1"; hpclab_ok "$f" && tail -n "$2" "$f" 2>/dev/null; :'
 # Every session directory of the user: its id, what the submit command printed, its rendezvous.
 DISCOVER = (
-    _OWN + f'hpclab_own "$HOME/{ROOT}" "$HOME/{SESSIONS}" && for d in "$HOME"/{SESSIONS}/*; do '
+    _OWN + f'for d in "$HOME"/{SESSIONS}/*; do '
     f'hpclab_own "$d" && [ -d "$d" ] && hpclab_ok "$d/{_F.submitted}" || continue; '
     f'printf "@@session %s\\n" "${{d##*/}}"; hpclab_cat "$d/{_F.submitted}"; printf "@@rendezvous\\n"; '
     f'hpclab_cat "$d/{_F.rendezvous}" 2>/dev/null; done; :'

@@ -348,8 +348,11 @@ def check_discover_sees_only_ours(p: Planted, shell: str = "sh") -> None:
 
 def check_poll_reads_nothing_planted(p: Planted, shell: str = "sh") -> None:
     for sid in PLANTS:
-        out = p.run(POLL, f".hpclab/sessions/{sid}", "1", "0", shell=shell).stdout
+        started = time.monotonic()
+        out = p.run(POLL, f".hpclab/sessions/{sid}", "3", "1", shell=shell).stdout
         assert out == "@@started\n@@rendezvous.json\n@@ended.json\n@@status\n", (sid, out)
+        # nor does a planted file end its wait (three rounds of 0.1 s): up would poll in a tight loop
+        assert time.monotonic() - started >= 0.3, sid
     out = p.run(POLL, f".hpclab/sessions/{OURS}", "1", "0", shell=shell).stdout
     assert out.startswith("@@started\nnode1\n@@rendezvous.json\n{"), out
 
@@ -415,6 +418,8 @@ PLANT_MUTATIONS: list[tuple[str, str, str, str, Callable[[Planted, str], None]]]
     ("DISCOVER: owner", "DISCOVER", _OWN_UID, ":; ", check_discover_sees_only_ours),
     ("POLL: links", "POLL", _OWN_LINK, "", check_poll_reads_nothing_planted),
     ("POLL: owner", "POLL", _OWN_UID, ":; ", check_poll_reads_nothing_planted),
+    ("POLL: a planted file ends the wait", "POLL", 'hpclab_ok "$d/rendezvous.json" && break',
+     '[ -e "$d/rendezvous.json" ] && break', check_poll_reads_nothing_planted),
     ("READ_FILE: links", "READ_FILE", _OWN_LINK, "", check_token_and_logs_not_read_from_plants),
     ("READ_FILE: owner", "READ_FILE", _OWN_UID, ":; ", check_token_and_logs_not_read_from_plants),
     ("TAIL: links", "TAIL", _OWN_LINK, "", check_token_and_logs_not_read_from_plants),
