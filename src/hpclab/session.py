@@ -378,7 +378,7 @@ def ours(cluster: Cluster) -> list[RemoteSession]:
     can list jobs by name, is named exactly hpclab-<that session's id>. A tagged job without
     its directory, or a directory naming a job with another name, is not hpclab's to touch."""
     found = cluster.discover()
-    tagged = cluster.tagged()
+    tagged = cluster.tagged() if found else None  # no directory, nothing to match: no query
     if tagged is None:
         return found
     tags = set(tagged)
