@@ -18,7 +18,7 @@ from .remote import Remote
 from .schedulers import JobInfo, JobState, Scheduler, get
 from .schedulers import names as scheduler_names
 from .schedulers.detect import DETECT_SCRIPT, NONE_FOUND, parse_detect
-from .sessiondir import ROOT, SESSION_ID, SESSIONS, Ended, Rendezvous, SessionDir
+from .sessiondir import NODE, ROOT, SESSION_ID, SESSIONS, Ended, Rendezvous, SessionDir
 from .state import SessionRecord
 from .tunnel import Tunnel
 
@@ -32,10 +32,40 @@ def quiet(phase: str, detail: str) -> None:
 
 _F = SessionDir  # the file names (class attributes)
 
+# What hpclab reads or writes on the cluster must be its own making. With a loose ~/.hpclab
+# (0777 by mistake) another user could plant a session directory, or a link, that names a job
+# id, a node, a port or a token of their choosing. hpclab_own succeeds only when every path it
+# is given is the user's own and not a symbolic link (-O follows links, hence -h first);
+# hpclab_ok is true for a regular file when it, its directory, and ~/.hpclab and sessions
+# above it pass; hpclab_cat prints such a file. Anything else reads as absent.
+_OWN = (
+    'hpclab_own() { for p; do [ -h "$p" ] && return 1; [ -O "$p" ] || return 1; done; }; '
+    f'hpclab_ok() {{ hpclab_own "$HOME/{ROOT}" "$HOME/{SESSIONS}" "${{1%/*}}" "$1" && [ -f "$1" ]; }}; '
+    'hpclab_cat() { hpclab_ok "$1" && cat "$1"; }; '
+)
+# The refusal SUBMIT prints (on stderr, exit status UNSAFE_STATUS): "hpclab-unsafe: DIR WHY",
+# DIR relative to $HOME and WHY one of UNSAFE_WHY's keys.
+UNSAFE_MARK = "hpclab-unsafe:"
+UNSAFE_STATUS = 97
+UNSAFE_WHY = {
+    "link": "is a symbolic link",
+    "owner": "is not a directory of yours",
+    "writable": "is writable by other users",
+}
+# ~/.hpclab and its sessions directory are made here (umask 077) or, when they exist, used only
+# if they are the user's own directories, not links, and writable by nobody else: such a one is
+# tightened to 0700; any other is refused, nothing is written into it, the scheduler is not called.
+# (ls -ld's mode string: group write is its 6th character, others' write its 9th.)
+_SAFE_TREE = (
+    f'for p in {ROOT} {SESSIONS}; do q="$HOME/$p"; '
+    'if [ -h "$q" ]; then w=link; elif [ -e "$q" ]; then w=; { [ -d "$q" ] && [ -O "$q" ]; } || w=owner; '
+    'case "$(ls -ld "$q")" in ?????w*|????????w*) w="${w:-writable}";; esac; else mkdir "$q" || exit 1; w=; fi; '
+    f'[ -z "$w" ] || {{ printf "{UNSAFE_MARK} %s %s\\n" "$p" "$w" >&2; exit {UNSAFE_STATUS}; }}; done'
+)
 # $1 is the session id; the token is the first line of stdin, the job script the rest.
 # The session directory and every file in it are private whatever the umask.
 SUBMIT = (
-    f'umask 077 && mkdir -p "$HOME/{SESSIONS}" && chmod 700 "$HOME/{ROOT}" "$HOME/{SESSIONS}" '
+    f'umask 077 && {_SAFE_TREE} && chmod 700 "$HOME/{ROOT}" "$HOME/{SESSIONS}" '
     f'&& d="$HOME/{SESSIONS}/$1" && mkdir "$d" && IFS= read -r t && printf %s "$t" > "$d/{_F.token}" '
     f'&& t= && cat > "$d/{_F.script}" && : > "$d/{_F.output}" && : > "$d/{_F.error}" && cd "$HOME" '
     f'&& {{ SUBMIT > "$d/{_F.submitted}" || {{ rc=$?; cat "$d/{_F.submitted}"; rm -rf "$d"; exit $rc; }}; }} '
@@ -43,23 +73,31 @@ SUBMIT = (
 )
 # $1 session dir (relative to $HOME), $2 tenths of a second to wait at most, $3 1 to
 # return as soon as the job has started; the rest is the scheduler's status argv (maybe none).
+# A planted file does not end the wait early (hpclab_ok, not -e): `up` would poll in a tight loop.
 POLL = (
-    'd="$HOME/$1"; n=$2; s=$3; shift 3; i=0; while [ "$i" -lt "$n" ]; do '
-    f'[ -e "$d/{_F.rendezvous}" ] && break; [ -e "$d/{_F.ended}" ] && break; '
-    f'[ "$s" = 1 ] && [ -e "$d/{_F.started}" ] && break; sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); done; '
-    f'for f in {_F.started} {_F.rendezvous} {_F.ended}; do printf "@@%s\\n" "$f"; cat "$d/$f" 2>/dev/null; done; '
+    _OWN + 'd="$HOME/$1"; n=$2; s=$3; shift 3; i=0; while [ "$i" -lt "$n" ]; do '
+    f'hpclab_ok "$d/{_F.rendezvous}" && break; hpclab_ok "$d/{_F.ended}" && break; '
+    f'[ "$s" = 1 ] && hpclab_ok "$d/{_F.started}" && break; sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); done; '
+    f'for f in {_F.started} {_F.rendezvous} {_F.ended}; do printf "@@%s\\n" "$f"; '
+    'hpclab_cat "$d/$f" 2>/dev/null; done; '
     'printf "@@status\\n"; "$@"'
 )
-WRITE_FILE = 'umask 077 && printf %s "$2" > "$HOME/$1.tmp" && mv -f "$HOME/$1.tmp" "$HOME/$1"'
-REMOVE_DIR = 'rm -rf "$HOME/$1"'
-TAIL = 'tail -n "$2" "$HOME/$1" 2>/dev/null; :'
+# $1 a file of a session directory (relative to $HOME), $2 its new content.
+WRITE_FILE = (
+    _OWN + f'f="$HOME/$1"; umask 077 && hpclab_own "$HOME/{ROOT}" "$HOME/{SESSIONS}" "${{f%/*}}" '
+    '&& printf %s "$2" > "$f.tmp" && mv -f "$f.tmp" "$f"'
+)
+# A link or someone else's directory at the session's path is left alone.
+REMOVE_DIR = _OWN + f'hpclab_own "$HOME/{ROOT}" "$HOME/{SESSIONS}" "$HOME/$1" && rm -rf "$HOME/$1"; :'
+TAIL = _OWN + 'f="$HOME/$1"; hpclab_ok "$f" && tail -n "$2" "$f" 2>/dev/null; :'
 # Every session directory of the user: its id, what the submit command printed, its rendezvous.
 DISCOVER = (
-    f'for d in "$HOME"/{SESSIONS}/*/; do [ -f "$d/{_F.submitted}" ] || continue; '
-    f'printf "@@session %s\\n" "$(basename "$d")"; cat "$d/{_F.submitted}"; printf "@@rendezvous\\n"; '
-    f'cat "$d/{_F.rendezvous}" 2>/dev/null; done; :'
+    _OWN + f'for d in "$HOME"/{SESSIONS}/*; do '
+    f'hpclab_own "$d" && [ -d "$d" ] && hpclab_ok "$d/{_F.submitted}" || continue; '
+    f'printf "@@session %s\\n" "${{d##*/}}"; hpclab_cat "$d/{_F.submitted}"; printf "@@rendezvous\\n"; '
+    f'hpclab_cat "$d/{_F.rendezvous}" 2>/dev/null; done; :'
 )
-READ_FILE = 'cat "$HOME/$1"'
+READ_FILE = _OWN + 'hpclab_cat "$HOME/$1"'
 
 
 @dataclass(frozen=True)
@@ -106,7 +144,12 @@ class Cluster:
         self._nodes: dict[str, Remote] = {}
 
     def node(self, node: str, user: str | None = None) -> Remote:
-        """The connection to a compute node, through the login node (opened on first use)."""
+        """The connection to a compute node, through the login node (opened on first use).
+        The name comes from the cluster (the job's files, the scheduler): ProtocolError unless
+        it is a host name, so that it never becomes an ssh option or a path."""
+        if not NODE.fullmatch(node):
+            raise ProtocolError(f"the cluster named the job's node {node[:80]!r}, which is not a host name",
+                                hint="hpclab connects only to node names of letters, digits, '.', '_' and '-'")
         dest = f"{user}@{node}" if user else node
         if dest not in self._nodes:
             self._nodes[dest] = self.login.hop(dest)
@@ -140,6 +183,9 @@ class Cluster:
         try:
             out = self.login.shell(program, sdir.id, input=token + "\n" + script, what="submit")
         except RemoteError as exc:
+            unsafe = unsafe_dir(exc)
+            if unsafe:
+                raise unsafe from None
             raise SchedulerError(
                 f"{self.scheduler.title} refused the job",
                 hint=(exc.stderr.strip() or exc.stdout.strip())[-800:] or None,
@@ -179,11 +225,12 @@ class Cluster:
             sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    def tagged(self) -> list[tuple[str, str]]:
-        """(session id, job id) of the user's queued and running jobs named as hpclab names them."""
+    def tagged(self) -> list[tuple[str, str]] | None:
+        """(session id, job id) of the user's queued and running jobs named as hpclab names
+        them; None where the scheduler cannot list jobs by name."""
         argv = self.scheduler.tagged_argv()
         if argv is None:
-            return []
+            return None
         return self.scheduler.parse_tagged(self.login.run(argv, check=False, what="list hpclab jobs").stdout)
 
     # -- session files ----------------------------------------------------------------
@@ -237,6 +284,28 @@ class Cluster:
         return self.login.shell(READ_FILE, sdir.file(sdir.token), what="read the session token").stdout
 
 
+def unsafe_dir(exc: RemoteError) -> ConfigError | None:
+    """The refusal of SUBMIT's checks of ~/.hpclab, as an error that says what to do; None
+    for any other failure."""
+    if exc.returncode != UNSAFE_STATUS:
+        return None
+    for line in exc.stderr.splitlines():
+        if line.startswith(UNSAFE_MARK):
+            path, _, why = line[len(UNSAFE_MARK):].strip().rpartition(" ")
+            if path in (ROOT, SESSIONS) and why in UNSAFE_WHY:
+                break
+    else:
+        return None
+    fix = {
+        "link": f"remove the link (rm ~/{path}) after checking where it points; hpclab makes the directory again",
+        "owner": f"move ~/{path} out of the way (mv ~/{path} ~/{path}.suspect) and ask your admins who made it",
+        "writable": f"look at what it holds (ls -la ~/{ROOT} ~/{SESSIONS}): if every entry is yours, "
+                    f"chmod 700 ~/{ROOT} ~/{SESSIONS}; otherwise move ~/{ROOT} out of the way",
+    }[why]
+    return ConfigError(f"~/{path} on the cluster {UNSAFE_WHY[why]}: hpclab does not use it, "
+                       "since someone else could have put files there", hint=fix)
+
+
 def parse_snapshot(scheduler: Scheduler, stdout: str, returncode: int, job_id: str | None,
                    session_id: str | None = None) -> Snapshot:
     """Split the POLL program's output into its @@-headed sections."""
@@ -256,8 +325,11 @@ def parse_snapshot(scheduler: Scheduler, stdout: str, returncode: int, job_id: s
             job = JobInfo(job_id=job_id, state=JobState.UNKNOWN)
     rdv = sections.get(_F.rendezvous, "")
     ended = sections.get(_F.ended, "")
+    started = sections.get(_F.started, "").strip() or None
+    if started is not None and not NODE.fullmatch(started):
+        raise ProtocolError(f"the session's started file names node {started[:80]!r}, which is not a host name")
     return Snapshot(
-        started=sections.get(_F.started, "").strip() or None,
+        started=started,
         rendezvous=Rendezvous.parse(rdv, session_id) if rdv.strip() else None,
         ended=Ended.parse(ended) if ended.strip() else None,
         job=job,

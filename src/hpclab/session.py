@@ -276,7 +276,7 @@ def discover(ctx: Context, profile_name: str, session_id: str | None = None) -> 
     if cluster.auto:
         profile = dataclasses.replace(profile, scheduler=cluster.detect())
     ctx.report("discover", f"looking for your sessions on {profile.host}")
-    found = [r for r in cluster.discover() if r.alive and r.rendezvous]
+    found = [r for r in ours(cluster) if r.alive and r.rendezvous]
     if session_id:
         found = [r for r in found if r.id == session_id or r.job_id == session_id]
     if not found:
@@ -439,13 +439,19 @@ def cleanup(ctx: Context, profile: str | None, confirm: Callable[[Orphan], bool]
 
 
 def orphans(store: Store, cluster: Cluster) -> list[RemoteSession]:
-    """hpclab jobs of the user on this cluster that no local record covers: found through
-    the session directories and, where the scheduler can list jobs by name, through the
-    hpclab-<session> job name."""
+    """hpclab jobs of the user on this cluster that no local record covers."""
     known = {r.job_id for r in store.all() if r.host == cluster.login.host}
-    found = [r for r in cluster.discover() if r.alive and r.job_id not in known]
-    ids = {r.job_id for r in found}
-    for session_id, job_id in cluster.tagged():
-        if job_id not in known and job_id not in ids:
-            found.append(RemoteSession(session_id, job_id, None))
-    return found
+    return [r for r in ours(cluster) if r.alive and r.job_id not in known]
+
+
+def ours(cluster: Cluster) -> list[RemoteSession]:
+    """The user's hpclab sessions on this cluster: a session directory of the user's own (links
+    and other users' directories are not read, see cluster.py) whose job, where the scheduler
+    can list jobs by name, is named exactly hpclab-<that session's id>. A tagged job without
+    its directory, or a directory naming a job with another name, is not hpclab's to touch."""
+    found = cluster.discover()
+    tagged = cluster.tagged() if found else None  # no directory, nothing to match: no query
+    if tagged is None:
+        return found
+    tags = set(tagged)
+    return [r for r in found if (r.id, r.job_id) in tags]

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from hpclab.cluster import SUBMIT
+from hpclab.cluster import DISCOVER, POLL, READ_FILE, REMOVE_DIR, SUBMIT, TAIL, WRITE_FILE
 from hpclab.jobscript import JobOptions, render
 from hpclab.schedulers import JobSpec, get
 
@@ -141,9 +141,11 @@ def test_failing_submit_removes_the_session_and_keeps_the_exit_status(cluster_ho
 
 
 def test_submit_tightens_an_existing_loose_hpclab_dir(cluster_home: Path) -> None:
+    """The user's own ~/.hpclab that nobody else can write (0755, as a lax umask makes it) is
+    tightened; one that others can write is refused (test_submit_refuses_a_planted_tree)."""
     (cluster_home / ".hpclab" / "sessions").mkdir(parents=True)
     os.chmod(cluster_home / ".hpclab", 0o755)
-    os.chmod(cluster_home / ".hpclab" / "sessions", 0o777)
+    os.chmod(cluster_home / ".hpclab" / "sessions", 0o755)
     s = submit(cluster_home)
     check_submitted(s)
     check_loose_home_tightened(s)
@@ -190,6 +192,276 @@ def test_submit_checks_catch_a_removed_defence(cluster_home: Path, what: str, ol
     mutant = submit(cluster_home, program=SUBMIT.replace(old, new), fail=setup.get("fail", 0))
     with pytest.raises(AssertionError):  # ... and fails it without the defence
         check(mutant)
+
+
+# -- planted trees: what another user (uid 1002) or a link puts where hpclab looks ----------------------
+
+OTHER_UID = 1002  # a real second user (hpcuser2 on the test cluster); the tests run as root
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another uid needs root")
+
+
+def give(path: Path, uid: int = OTHER_UID) -> None:
+    """`path` and everything below it now belong to `uid`, as if that user had made them."""
+    for p in [path, *path.rglob("*")]:
+        os.lchown(p, uid, uid)
+
+
+def plant_tree(home: Path, how: str) -> Path:
+    """~/.hpclab (or its sessions dir) as someone else could have left it; the planted dir."""
+    top, sessions = home / ".hpclab", home / ".hpclab" / "sessions"
+    if how.startswith("sessions"):
+        top.mkdir(mode=0o700)
+        top.chmod(0o700)
+        target = sessions
+    else:
+        target = top
+    if how[-4:].isdigit():
+        target.mkdir(parents=True, exist_ok=True)
+        target.chmod(int(how[-4:], 8))
+    elif how.endswith("link"):
+        elsewhere = home.parent / "elsewhere"
+        (elsewhere / "sessions").mkdir(parents=True, mode=0o700)  # even a tree of the user's own
+        elsewhere.chmod(0o700)
+        target.symlink_to(elsewhere if target == top else elsewhere / "sessions")
+    elif how.endswith("other"):
+        target.mkdir(parents=True, exist_ok=True)
+        target.chmod(0o755)
+        give(target)
+    elif how.endswith("file"):
+        target.write_text("")
+    return target
+
+
+PLANTED_TREES = {  # how -> (the dir SUBMIT names, why)
+    "hpclab 0777": (".hpclab", "writable"),
+    "hpclab 0770": (".hpclab", "writable"),
+    "hpclab link": (".hpclab", "link"),
+    "hpclab other": (".hpclab", "owner"),
+    "hpclab file": (".hpclab", "owner"),
+    "sessions 0777": (".hpclab/sessions", "writable"),
+    "sessions 0757": (".hpclab/sessions", "writable"),
+    "sessions link": (".hpclab/sessions", "link"),
+    "sessions other": (".hpclab/sessions", "owner"),
+}
+
+
+def check_refused(s: Submitted, path: str, why: str) -> None:
+    """Refused with the marker hpclab turns into its message; the scheduler never called,
+    nothing written anywhere (not tightened either: the user decides)."""
+    assert (s.proc.returncode, s.proc.stderr) == (97, f"hpclab-unsafe: {path} {why}\n")
+    assert s.log == "" and s.proc.stdout == ""
+    written = [p for p in s.home.parent.rglob("*") if p.name in ("token", "job.sh", "submitted")]
+    assert written == []
+
+
+@needs_root
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("how", sorted(PLANTED_TREES))
+def test_submit_refuses_a_planted_tree(cluster_home: Path, shell: str, how: str) -> None:
+    planted = plant_tree(cluster_home, how)
+    before = planted.lstat()
+    s = submit(cluster_home, shell)
+    check_refused(s, *PLANTED_TREES[how])
+    after = planted.lstat()
+    assert (after.st_mode, after.st_uid) == (before.st_mode, before.st_uid)
+
+
+@dataclass
+class Planted:
+    """A home whose sessions dir holds the user's own session OURS and what others planted."""
+
+    home: Path
+
+    def run(self, program: str, *args: str, shell: str = "sh") -> subprocess.CompletedProcess[str]:
+        env = {"HOME": str(self.home), "PATH": "/usr/bin:/bin"}
+        return subprocess.run([shell, "-c", program, "hpclab", *args], capture_output=True, text=True,
+                              env=env, cwd="/", timeout=20)
+
+    def sdir(self, sid: str) -> Path:
+        return self.home / ".hpclab" / "sessions" / sid
+
+
+OURS = "0123abcd"
+RDV_OF = {"version": 1, "job_id": "", "user": "u", "transport": "socket", "address": "", "port": 0,
+          "pid": 7, "runtime_dir": "/tmp/x", "jupyter_server": "2.21.1"}
+
+
+def session_files(d: Path, job: str, node: str, token: str) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "submitted").write_text(f"{job}\n")
+    (d / "started").write_text(f"{node}\n")
+    (d / "token").write_text(token)
+    (d / "job.out").write_text(f"output of {job}\n")
+    (d / "rendezvous.json").write_text(json.dumps(
+        RDV_OF | {"session": d.name, "job_id": job, "node": node, "socket": f"/tmp/{node}.sock"}))
+
+
+# Planted session dirs: id -> (what makes it not ours, the job id it names). Each names a node
+# "evil-<id>" and a token "planted-<id>" that must never be read.
+PLANTS = {
+    "deadbeef": ("a directory of uid 1002", "9001"),
+    "cafef00d": ("a link to a directory of the user's own", "9002"),
+    "0badc0de": ("the user's directory, its files links to the user's files", "9003"),
+    "feedface": ("the user's directory, its files uid 1002's", "9004"),
+}
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> Planted:
+    home = tmp_path / "home"
+    sessions = home / ".hpclab" / "sessions"
+    sessions.mkdir(parents=True)
+    (home / ".hpclab").chmod(0o700)
+    sessions.chmod(0o777)  # the mistake that lets uid 1002 plant here
+    session_files(sessions / OURS, "4242", "node1", "the-real-token")
+    for sid, (_, job) in PLANTS.items():
+        d = sessions / sid
+        if sid == "cafef00d":
+            d = tmp_path / "users-other-dir" / sid
+            (sessions / sid).symlink_to(d)
+        src = tmp_path / "users-files" / sid
+        session_files(src if sid == "0badc0de" else d, job, f"evil-{sid}", f"planted-{sid}")
+        if sid == "0badc0de":
+            d.mkdir()
+            for f in src.iterdir():
+                (d / f.name).symlink_to(f)
+        if sid == "deadbeef":
+            give(d)
+        if sid == "feedface":
+            for f in d.iterdir():
+                give(f)
+    return Planted(home)
+
+
+def sessions_seen(out: str) -> dict[str, str]:
+    """DISCOVER's output: session id -> what it printed for it."""
+    return {chunk.partition("\n")[0]: chunk.partition("\n")[2] for chunk in out.split("@@session ")[1:]}
+
+
+def check_discover_sees_only_ours(p: Planted, shell: str = "sh") -> None:
+    proc = p.run(DISCOVER, shell=shell)
+    assert proc.returncode == 0, proc.stderr
+    seen = sessions_seen(proc.stdout)
+    assert OURS in seen and "4242" in seen[OURS] and '"node": "node1"' in seen[OURS]
+    assert [sid for sid in seen if sid != OURS and (PLANTS[sid][1] in seen[sid] or "evil" in seen[sid])] == []
+
+
+def check_poll_reads_nothing_planted(p: Planted, shell: str = "sh") -> None:
+    for sid in PLANTS:
+        started = time.monotonic()
+        out = p.run(POLL, f".hpclab/sessions/{sid}", "3", "1", shell=shell).stdout
+        assert out == "@@started\n@@rendezvous.json\n@@ended.json\n@@status\n", (sid, out)
+        # nor does a planted file end its wait (three rounds of 0.1 s): up would poll in a tight loop
+        assert time.monotonic() - started >= 0.3, sid
+    out = p.run(POLL, f".hpclab/sessions/{OURS}", "1", "0", shell=shell).stdout
+    assert out.startswith("@@started\nnode1\n@@rendezvous.json\n{"), out
+
+
+def check_token_and_logs_not_read_from_plants(p: Planted, shell: str = "sh") -> None:
+    for sid in PLANTS:
+        token = p.run(READ_FILE, f".hpclab/sessions/{sid}/token", shell=shell)
+        assert token.returncode != 0 and token.stdout == "", sid
+        assert p.run(TAIL, f".hpclab/sessions/{sid}/job.out", "5", shell=shell).stdout == "", sid
+    assert p.run(READ_FILE, f".hpclab/sessions/{OURS}/token", shell=shell).stdout == "the-real-token"
+    assert p.run(TAIL, f".hpclab/sessions/{OURS}/job.out", "5", shell=shell).stdout == "output of 4242\n"
+
+
+def check_nothing_written_or_removed_in_plants(p: Planted, shell: str = "sh") -> None:
+    for sid in ("deadbeef", "cafef00d"):
+        p.run(WRITE_FILE, f".hpclab/sessions/{sid}/listen", "socket", shell=shell)
+        target = p.sdir(sid).resolve()
+        assert not (target / "listen").exists() and not (target / "listen.tmp").exists(), sid
+        p.run(REMOVE_DIR, f".hpclab/sessions/{sid}", shell=shell)
+        assert (target / "submitted").exists() and p.sdir(sid).is_dir(), sid
+    p.run(WRITE_FILE, f".hpclab/sessions/{OURS}/listen", "socket", shell=shell)
+    assert (p.sdir(OURS) / "listen").read_text() == "socket"
+    p.run(REMOVE_DIR, f".hpclab/sessions/{OURS}", shell=shell)
+    assert not p.sdir(OURS).exists()
+
+
+PLANT_CHECKS = [check_discover_sees_only_ours, check_poll_reads_nothing_planted,
+                check_token_and_logs_not_read_from_plants, check_nothing_written_or_removed_in_plants]
+
+
+@needs_root
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("check", PLANT_CHECKS, ids=[c.__name__.removeprefix("check_") for c in PLANT_CHECKS])
+def test_planted_session_dirs_are_not_read_nor_touched(planted: Planted, shell: str,
+                                                       check: Callable[[Planted, str], None]) -> None:
+    """With sessions 0777, the user's own session still works; what uid 1002 or a link
+    planted next to it is neither read (job id, node, token, logs) nor written nor removed."""
+    check(planted, shell)
+
+
+@needs_root
+def test_a_linked_or_foreign_hpclab_dir_is_not_read(planted: Planted, tmp_path: Path) -> None:
+    """The user's own session tree, reached through a link at ~/.hpclab, or under a ~/.hpclab
+    of someone else's, reads as empty."""
+    real = tmp_path / "moved"
+    (planted.home / ".hpclab").rename(real)
+    (planted.home / ".hpclab").symlink_to(real)
+    assert planted.run(DISCOVER).stdout == ""
+    assert planted.run(READ_FILE, f".hpclab/sessions/{OURS}/token").stdout == ""
+    (planted.home / ".hpclab").unlink()
+    real.rename(planted.home / ".hpclab")
+    assert OURS in sessions_seen(planted.run(DISCOVER).stdout)
+    os.lchown(planted.home / ".hpclab", OTHER_UID, OTHER_UID)
+    assert planted.run(DISCOVER).stdout == ""
+    assert planted.run(READ_FILE, f".hpclab/sessions/{OURS}/token").stdout == ""
+
+
+# Each defence against plants, removed, and a check that must then fail.
+_OWN_LINK = '[ -h "$p" ] && return 1; '
+_OWN_UID = '[ -O "$p" ] || return 1; '  # replaced by ':; ' (the loop's status must stay 0)
+PLANT_MUTATIONS: list[tuple[str, str, str, str, Callable[[Planted, str], None]]] = [
+    ("DISCOVER: links", "DISCOVER", _OWN_LINK, "", check_discover_sees_only_ours),
+    ("DISCOVER: owner", "DISCOVER", _OWN_UID, ":; ", check_discover_sees_only_ours),
+    ("POLL: links", "POLL", _OWN_LINK, "", check_poll_reads_nothing_planted),
+    ("POLL: owner", "POLL", _OWN_UID, ":; ", check_poll_reads_nothing_planted),
+    ("POLL: a planted file ends the wait", "POLL", 'hpclab_ok "$d/rendezvous.json" && break',
+     '[ -e "$d/rendezvous.json" ] && break', check_poll_reads_nothing_planted),
+    ("READ_FILE: links", "READ_FILE", _OWN_LINK, "", check_token_and_logs_not_read_from_plants),
+    ("READ_FILE: owner", "READ_FILE", _OWN_UID, ":; ", check_token_and_logs_not_read_from_plants),
+    ("TAIL: links", "TAIL", _OWN_LINK, "", check_token_and_logs_not_read_from_plants),
+    ("TAIL: owner", "TAIL", _OWN_UID, ":; ", check_token_and_logs_not_read_from_plants),
+    ("WRITE_FILE and REMOVE_DIR: links", "WRITE_FILE REMOVE_DIR", _OWN_LINK, "",
+     check_nothing_written_or_removed_in_plants),
+    ("WRITE_FILE and REMOVE_DIR: owner", "WRITE_FILE REMOVE_DIR", _OWN_UID, ":; ",
+     check_nothing_written_or_removed_in_plants),
+]
+
+
+@needs_root
+@pytest.mark.parametrize(("what", "programs", "old", "new", "check"), PLANT_MUTATIONS,
+                         ids=[m[0] for m in PLANT_MUTATIONS])
+def test_plant_checks_catch_a_removed_defence(planted: Planted, monkeypatch: pytest.MonkeyPatch, what: str,
+                                              programs: str, old: str, new: str,
+                                              check: Callable[[Planted, str], None]) -> None:
+    g = globals()
+    for name in programs.split():
+        assert g[name].count(old) == 1, f"{name} changed: {old!r} is not in it once; update this table"
+        monkeypatch.setitem(g, name, g[name].replace(old, new))
+    with pytest.raises(AssertionError):
+        check(planted, "sh")
+
+
+SUBMIT_TREE_MUTATIONS = [  # a check of SUBMIT's, removed; a plant it must then let through
+    ("links", 'if [ -h "$q" ]; then w=link; elif', "if", "hpclab link"),
+    ("owner", '{ [ -d "$q" ] && [ -O "$q" ]; } || w=owner; ', "", "hpclab other"),
+    ("group write", "?????w*|????????w*)", "????????w*)", "hpclab 0770"),
+    ("others' write", "?????w*|????????w*)", "?????w*)", "sessions 0757"),
+]
+
+
+@needs_root
+@pytest.mark.parametrize(("what", "old", "new", "how"), SUBMIT_TREE_MUTATIONS,
+                         ids=[m[0] for m in SUBMIT_TREE_MUTATIONS])
+def test_submit_tree_checks_catch_a_removed_defence(cluster_home: Path, what: str, old: str, new: str,
+                                                    how: str) -> None:
+    assert SUBMIT.count(old) == 1, f"SUBMIT changed: {old!r} is not in it once; update this table"
+    plant_tree(cluster_home, how)
+    with pytest.raises(AssertionError):
+        check_refused(submit(cluster_home, program=SUBMIT.replace(old, new)), *PLANTED_TREES[how])
 
 
 # -- the job script -----------------------------------------------------------------------------------

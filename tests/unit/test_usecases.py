@@ -122,6 +122,23 @@ def test_cleanup_asks_and_leaves_the_job_without_yes(local: Local) -> None:
 # -- errors: a clear message, the right exit code, nothing left behind -------------------------
 
 
+def test_up_refuses_a_hpclab_dir_that_others_can_write(local: Local) -> None:
+    """Someone could have planted files in it: up says so and how to fix it, starts nothing,
+    and does not silently tighten it (what is inside needs a look first)."""
+    sessions = local.sessions_dir()
+    sessions.mkdir(parents=True)
+    sessions.chmod(0o777)
+    rc, out, err = local.hpclab("up", "local", "--detach", "--no-browser")
+    assert rc == 2, err
+    assert "~/.hpclab/sessions on the cluster is writable by other users" in err
+    assert "chmod 700 ~/.hpclab ~/.hpclab/sessions" in err and "ls -la" in err
+    assert out == "" and local.session_ids() == [] and stat.S_IMODE(sessions.stat().st_mode) == 0o777
+    assert not list((local.state / "state" / "sessions").glob("*.json"))
+    sessions.chmod(0o755)  # the user's own and nobody else's to write: tightened, and up works
+    assert up(local)["state"] == "running" and stat.S_IMODE(sessions.stat().st_mode) == 0o700
+
+
+
 def test_a_failing_setup_line_ends_with_the_jobs_own_error(local: Local) -> None:
     local.config('\n[profiles.broken]\nhost = "localhost"\nscheduler = "none"\nsetup = "false_command_xyz"\n')
     rc, _, err = local.hpclab("up", "broken", "--detach", "--no-browser")
