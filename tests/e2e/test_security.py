@@ -762,8 +762,10 @@ class DaemonTrace:
                 *(f"-p{p}" for p in pids)]
         with self.err.open("wb") as err:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        wait_for(lambda: all(f"Process {p} attached" in self.err.read_text() for p in pids), 30,
-                 what=f"strace to attach to the daemons of {self.host}")
+        # (a script slurmctld ran may have ended before strace came to it)
+        wait_for(lambda: all(f"Process {p} attached" in self.err.read_text() or not Path(f"/proc/{p}").exists()
+                             for p in pids), 30, what=f"strace to attach to the daemons of {self.host}")
+        assert self.proc.poll() is None, self.err.read_text()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -897,14 +899,20 @@ def test_token_stays_off_command_lines_out_of_the_scheduler_and_out_of_logs(tool
             scan.stop()
             if run is not None and run.proc.poll() is None:
                 run.signal(signal.SIGTERM)
-                run.proc.wait(90)
+                with contextlib.suppress(subprocess.TimeoutExpired):  # the cause is what the test says
+                    run.proc.wait(90)
     fields = tcx("login", ["sacct", "--helpformat"]).stdout.split()
     outputs["sacct"] = tcx("login", ["sacct", "-j", job, "-P", "-o", ",".join(fields)]).stdout
     assert sid in outputs["sacct"]
 
-    # No argv, no environment of any program started on the laptop
+    # No argv, no environment of any program started on the laptop, or by sshd or SLURM on any
+    # host (traced); no process environment on the machine while the session ran (sampled)
     laptop_trace = LaptopTrace.read(prefix)
-    assert [e.line[:300] for e in laptop_trace.execs if token in e.line] == []
+    assert scan.rounds >= 3
+    holding = {"laptop": [e.line[:300] for e in laptop_trace.execs if token in e.line],
+               **{host: t.lines_with(token) for host, t in cluster_traces.items()},
+               "any environ (sampled)": scan.holding(token)}
+    assert holding == {where: [] for where in holding}
     # ...and the token went into the stdin of exactly one program, the ssh that runs the submit
     # (its remote command passes the session id to the shell program, which reads the token first)
     fed = laptop_trace.stdin_holding(token)
@@ -920,16 +928,9 @@ def test_token_stays_off_command_lines_out_of_the_scheduler_and_out_of_logs(tool
     assert [e.line[:300] for e in laptop_trace.execs if "/usr/bin/xauth" in e.line] == []
     assert not local_command_ran(tmp_path)
 
-    # No argv, no environment of any program that sshd or SLURM started on any host
-    for host, t in cluster_traces.items():
-        assert t.lines_with(token) == [], host
     # controls: the traces saw the submit command on the login node and the job start on its node
     assert cluster_traces["login"].lines_with(f'"hpclab", "{sid}"'), "the submit command is not in the trace"
     assert cluster_traces[node].lines_with(f'"SLURM_JOB_ID={job}"'), f"the job's start on {node} is not in the trace"
-
-    # No process environment, sampled over the whole session
-    assert scan.rounds >= 3
-    assert scan.holding(token) == []
 
     browser_argv = browser_log.read_text()
     assert token not in browser_argv, f"the browser was started with the token: {browser_argv}"
