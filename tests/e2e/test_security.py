@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab import Hpclab, accepted, profile_text, run_cell, tc, tcx, wait_for
+from lab import HPCLAB, Hpclab, Run, accepted, profile_text, run_cell, tc, tcx, wait_for
 
 from hpclab.paths import Paths
 
@@ -330,18 +330,45 @@ def laptop(root: Path, config_text: str, **env: str) -> Hpclab:
     return Hpclab(home=root / "home", config=config, env_extra=dict(env))
 
 
-def gateway_ports_config(where: Path) -> Path:
-    """A user's ssh config that asks for GatewayPorts, around the test cluster's own config."""
+# What a careless user's ~/.ssh/config says: the opposite of each option hpclab pins (SAFE_OPTIONS).
+# ssh takes the first value it obtains for an option, so these lines, before the Include, win
+# over the test cluster's own config, which pins StrictHostKeyChecking and BatchMode itself.
+RELAXED = {"StrictHostKeyChecking": "no", "BatchMode": "no", "ForwardAgent": "yes", "ForwardX11": "yes",
+           "GatewayPorts": "yes", "PermitLocalCommand": "yes"}
+# ...and how `ssh -G` reports each of them when it is in effect.
+RELAXED_EFFECTIVE = ("stricthostkeychecking false", "batchmode no", "forwardagent yes", "forwardx11 yes",
+                     "gatewayports yes", "permitlocalcommand yes")
+LOCAL_COMMAND_RAN = "localcommand-ran"
+
+
+def relaxed_ssh_config(where: Path) -> Path:
+    """The user's ssh config of every security session: RELAXED, and a LocalCommand that leaves
+    the file LOCAL_COMMAND_RAN beside the config, in front of the test cluster's own config."""
     cfg = where / "ssh_config"
-    cfg.write_text(f"GatewayPorts yes\nInclude {tc('TC_SSH_CONFIG')}\n")
+    lines = [f"{k} {v}" for k, v in RELAXED.items()]
+    lines += [f"LocalCommand touch {where / LOCAL_COMMAND_RAN}", f"Include {tc('TC_SSH_CONFIG')}"]
+    cfg.write_text("\n".join(lines) + "\n")
+    effective = subprocess.run(["ssh", "-G", "-F", str(cfg), tc("TC_LOGIN_HOST")], capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL, check=True).stdout.splitlines()
+    assert [e for e in RELAXED_EFFECTIVE if e not in effective] == [], "the relaxed config is not in effect"
+    assert f"localcommand touch {where / LOCAL_COMMAND_RAN}" in effective
     return cfg
+
+
+def relaxed_profile(where: Path, **overrides: Any) -> str:
+    """The testcluster profile reaching the cluster through relaxed_ssh_config(where); `overrides`
+    (ssh_options too) win."""
+    return profile_text(**{"ssh_options": ["-F", str(relaxed_ssh_config(where))], **overrides})
+
+
+def local_command_ran(where: Path) -> bool:
+    return (where / LOCAL_COMMAND_RAN).exists()
 
 
 def start_session(tmp: Path, transport: str, umask_line: str) -> Session:
     """Up on NODE with the user's login files setting `umask_line` and this process at umask 022;
     start a kernel; record the modes of everything hpclab made; restore the login files."""
-    cfg = gateway_ports_config(tmp)
-    tool = laptop(tmp / "laptop", profile_text(ssh_options=["-F", str(cfg)], extra_directives=[f"--nodelist={NODE}"]))
+    tool = laptop(tmp / "laptop", relaxed_profile(tmp, extra_directives=[f"--nodelist={NODE}"]))
     sessions = Path("/home") / user() / ".hpclab"
     for d in (sessions, sessions / "sessions"):
         if d.is_dir():
@@ -401,8 +428,8 @@ def tcp(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sess
 
 @pytest.fixture
 def tool(cluster: Any, tmp_path: Path) -> Iterator[Hpclab]:
-    """A fresh laptop for one test; stops only its own sessions."""
-    t = laptop(tmp_path / "laptop", profile_text())
+    """A fresh laptop for one test, with the relaxed user ssh config; stops only its own sessions."""
+    t = laptop(tmp_path / "laptop", relaxed_profile(tmp_path))
     yield t
     t.cleanup()
 
@@ -532,6 +559,14 @@ def check_loopback_forward(s: Session) -> None:
     assert bound == [f"127.0.0.1:{s.port}"]
 
 
+def check_local_command_never_ran(s: Session) -> None:
+    """The session's ssh connections had the relaxed user config; its LocalCommand never ran."""
+    where = Path(s.tool.config).parent.parent
+    assert str(where / "ssh_config") in Path(s.tool.config).read_text()
+    assert (where / "ssh_config").read_text().startswith("StrictHostKeyChecking no\n")
+    assert not local_command_ran(where)
+
+
 # -- promises 4-7 on a socket session --------------------------------------------------------------------
 
 
@@ -576,6 +611,9 @@ class TestSocketSession:
         """Promise 7: GatewayPorts yes in the user's ssh config does not widen the forward."""
         check_loopback_forward(sock)
 
+    def test_local_command_of_the_user_config_never_runs(self, sock: Session) -> None:
+        check_local_command_never_ran(sock)
+
 
 # -- promises 4-7 on a tcp session ------------------------------------------------------------------------
 
@@ -609,74 +647,180 @@ class TestTcpSession:
         """Promise 7: GatewayPorts yes in the user's ssh config does not widen the forward."""
         check_loopback_forward(tcp)
 
+    def test_local_command_of_the_user_config_never_runs(self, tcp: Session) -> None:
+        check_local_command_never_ran(tcp)
+
 
 # -- promises 1-3: the token on command lines, in the scheduler, in logs ----------------------------------------
 
+STRACE = "/usr/bin/strace"
+# strace -y prints a file descriptor with what it is: 5<pipe:[12345]>, 0</dev/null>
+TO_STDIN = re.compile(r"dup[23]\(\d+<([^>]*)>, 0[<,)]")
+PIPE_WRITE = re.compile(r'write\(\d+<(pipe:\[\d+\])>, "((?:[^"\\]|\\.)*)"')
 
-SCAN = r"""
-import json, os
-out = []
-for pid in os.listdir("/proc"):
-    if not pid.isdigit():
-        continue
+
+@dataclass
+class Exec:
+    """One execve as strace printed it: path, argv and (strace -v) the whole environment; and
+    what the process had on fd 0 then ("inherited" when nothing in it replaced its parent's)."""
+
+    pid: int
+    line: str
+    stdin: str
+
+
+@dataclass
+class LaptopTrace:
+    """What `strace -ff -y -v` of hpclab recorded: every program it and its children started,
+    and everything written into each pipe."""
+
+    execs: list[Exec]
+    written: dict[str, str]  # "pipe:[inode]" -> all that was written into it, as strace prints it
+
+    @classmethod
+    def read(cls, prefix: Path) -> LaptopTrace:
+        execs: list[Exec] = []
+        written: dict[str, str] = {}
+        for path in prefix.parent.glob(prefix.name + ".*"):
+            pid, stdin = int(path.suffix[1:]), "inherited"
+            for line in path.read_text(errors="replace").splitlines():
+                if m := TO_STDIN.match(line):
+                    stdin = m.group(1)
+                elif line.startswith(("execve(", "execveat(")):
+                    execs.append(Exec(pid, line, stdin))
+                elif m := PIPE_WRITE.match(line):
+                    written[m.group(1)] = written.get(m.group(1), "") + m.group(2)
+        return cls(execs, written)
+
+    def stdin_holding(self, secret: str) -> dict[int, Exec]:
+        """pid -> the program that ran there (its last execve), for each process whose stdin was a
+        pipe into which `secret` was written."""
+        return {e.pid: e for e in self.execs if e.stdin.startswith("pipe:") and secret in self.written.get(e.stdin, "")}
+
+
+@dataclass
+class TracedRun(Run):
+    """`hpclab` started under strace: `proc` is strace, which passes no signal on; signals go to
+    hpclab itself, strace's child."""
+
+    def hpclab_pid(self) -> int:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return int(wait_for(lambda: children.read_text().split(), 10, what="strace to start hpclab")[0])
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.hpclab_pid(), sig)
+
+
+def traced_start(tool: Hpclab, prefix: Path, *args: str) -> TracedRun:
+    """Start `hpclab ARGS` under `strace -ff` (one file PREFIX.PID per process): every execve with
+    its argv and whole environment, which pipe or file each process got as stdin (dup2 to fd 0),
+    and every write, so that what went into each child's stdin is known too."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    n = len(tool.runs)
+    out, err = tool.home / f"run{n}.out", tool.home / f"run{n}.err"
+    tool.home.mkdir(parents=True, exist_ok=True)
+    argv = [STRACE, "-ff", "-qq", "-y", "-v", "-s", "65535", "-e", "trace=execve,execveat,dup2,dup3,write",
+            "-o", str(prefix), *HPCLAB, *args]
+    proc = subprocess.Popen(argv, env=tool.env, stdin=subprocess.DEVNULL, stdout=out.open("wb"),
+                            stderr=err.open("wb"), start_new_session=True)
+    run = TracedRun(proc, out, err)
+    tool.runs.append(run)
+    return run
+
+
+def daemons(host: str) -> list[int]:
+    """The pids of what starts programs on `host` for a user: its sshd listener, and slurmctld
+    (with slurmscriptd, which runs its scripts) on login, slurmd on a node."""
+    run = Path(tc("HPCLAB_TC_DIR")) / "run"
+    pids = [int((run / f"sshd-{host}.pid").read_text())]
+    if host == "login":
+        ctld = int((run / "slurmctld.pid").read_text())
+        pids.append(ctld)
+        for task in Path(f"/proc/{ctld}/task").iterdir():
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    else:
+        pids.append(int((run / f"slurmd-{host}.pid").read_text()))
+    return pids
+
+
+class DaemonTrace:
+    """`strace -f` attached to one cluster host's daemons (daemons()): from start() to stop(),
+    every program they or their children start (execve: path, argv, whole environment) and every
+    address they bind. The hosts share the machine's pid namespace, so this runs on the laptop."""
+
+    def __init__(self, host: str, out: Path) -> None:
+        self.host = host
+        self.out = out
+        self.err = out.with_suffix(".err")
+        self.text = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        pids = daemons(self.host)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        argv = [STRACE, "-f", "-v", "-s", "65535", "-e", "trace=execve,execveat,bind", "-o", str(self.out),
+                *(f"-p{p}" for p in pids)]
+        with self.err.open("wb") as err:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        # (a script slurmctld ran may have ended before strace came to it)
+        wait_for(lambda: all(f"Process {p} attached" in self.err.read_text() or not Path(f"/proc/{p}").exists()
+                             for p in pids), 30, what=f"strace to attach to the daemons of {self.host}")
+        assert self.proc.poll() is None, self.err.read_text()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # strace detaches from every process and exits
+            self.proc.wait(60)
+        self.text = self.out.read_text(errors="replace") if self.out.exists() else ""
+
+    def lines_with(self, text: str) -> list[str]:
+        return [line[:300] for line in self.text.splitlines() if text in line]
+
+
+@contextlib.contextmanager
+def traced(where: Path, hosts: tuple[str, ...] = HOSTS) -> Iterator[dict[str, DaemonTrace]]:
+    """DaemonTraces of `hosts` while the block runs; their text is there once it has ended."""
+    traces = {h: DaemonTrace(h, where / f"{h}.trace") for h in hosts}
     try:
-        with open("/proc/%s/cmdline" % pid, "rb") as fh:
-            cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
-        try:
-            with open("/proc/%s/environ" % pid, "rb") as fh:
-                env = fh.read().replace(b"\0", b"\n").decode(errors="replace")
-        except OSError:
-            env = ""
-    except OSError:
-        continue
-    out.append([pid, cmd, env])
-print(json.dumps(out))
-"""
+        for t in traces.values():
+            t.start()
+        yield traces
+    finally:
+        for t in traces.values():
+            t.stop()
 
 
-class ProcScanner(threading.Thread):
-    """Reads every process's cmdline and environ on the laptop and each cluster host, over and over."""
+class EnvironScanner(threading.Thread):
+    """Reads /proc/*/environ of every process on the machine, over and over. The cluster's hosts
+    share the machine's pid namespace, so this sees their processes too (as root)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.halt = threading.Event()
         self.rounds = 0
-        self.cmdlines: dict[str, set[str]] = {}
-        self.environs: dict[str, set[tuple[str, str]]] = {}  # (cmdline, environ)
-        self.errors: list[str] = []
+        self.seen: set[tuple[str, bytes]] = set()  # (command line, environ)
 
     def run(self) -> None:
         while not self.halt.is_set():
-            for host in ("laptop", *HOSTS):
-                argv = ["python3", "-c", SCAN]
-                try:
-                    if host == "laptop":
-                        out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
-                    else:
-                        out = tcx(host, argv, timeout=30).stdout
-                    for _pid, cmd, env in json.loads(out):
-                        self.cmdlines.setdefault(host, set()).add(cmd)
-                        self.environs.setdefault(host, set()).add((cmd, env))
-                except Exception as exc:  # reported by the test through self.errors
-                    self.errors.append(f"{host}: {exc!r}")
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    with contextlib.suppress(OSError):
+                        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                        self.seen.add((cmd.decode(errors="replace")[:200], Path(f"/proc/{pid}/environ").read_bytes()))
             self.rounds += 1
 
     def stop(self) -> None:
         self.halt.set()
         self.join(60)
 
-    def with_secret(self, secret: str) -> list[str]:
-        return [f"{h}: {c[:200]}" for h, cs in self.cmdlines.items() for c in cs if secret in c]
-
-    def environ_with_secret(self, secret: str) -> list[str]:
-        return [f"{h}: {c[:120]}" for h, es in self.environs.items() for c, e in es if secret in e]
+    def holding(self, secret: str) -> list[str]:
+        """The command lines of processes whose environment held `secret`."""
+        return sorted({cmd for cmd, env in self.seen if secret.encode() in env})
 
 
 BROWSER = """#!/bin/sh
-# a browser that remembers how it was started, and stays a moment so that scans see it (the test
-# checks that they did: the sleep is the window under test, not a wait for a condition)
+# a browser that remembers how it was started
 printf '%s\\n' "$@" >> "{log}"
-sleep 1.5
 """
 
 
@@ -686,77 +830,110 @@ def without_url(text: str, port: int, token: str) -> str:
 
 def test_token_stays_off_command_lines_out_of_the_scheduler_and_out_of_logs(tool: Hpclab, tmp_path: Path) -> None:
     """Promises 1-3 over one whole session: up (opening a browser) with --debug, a cell run in
-    Chromium, failed requests, logs, then Ctrl-C."""
+    Chromium, failed requests, logs, then Ctrl-C. No argv and no environment: hpclab runs under
+    strace -f, and the sshd and SLURM daemons of every host are traced too, so every program
+    started for the session, on the laptop or the cluster, is recorded with its argv and
+    environment; the token goes into the stdin of one command, the submit, and nothing else's.
+    Every process environment on the machine (the cluster's included) is read over and over."""
     browser_log = tmp_path / "browser.log"
     browser = tmp_path / "browser"
     browser.write_text(BROWSER.format(log=browser_log))
     browser.chmod(0o755)
     tool.env_extra["BROWSER"] = str(browser)
-    scan = ProcScanner()
+    tool.env_extra["DISPLAY"] = ":0"  # with ForwardX11 yes (the user's config) ssh would run xauth for it
+    prefix = tmp_path / "trace" / "laptop"
+    scan = EnvironScanner()
     scan.start()
     run = None
-    # control: a marker on a command line on every host, which the scan must see
+    # control: a marker in a process environment on every host, which the scan must see
     marker = "hpclab-scan-control-" + secrets.token_hex(8)
-    controls = [subprocess.Popen(["sh", "-c", "sleep 3", marker])]
-    controls += [subprocess.Popen([str(Path(tc("HPCLAB_TC_DIR")) / "bin" / "tcx"), h, "sh", "-c", "sleep 3", marker])
-                 for h in HOSTS]
-    try:
-        wait_for(lambda: scan.rounds >= 2, 30, what="two scan rounds")
-        for c in controls:
-            c.wait(30)
-        assert {h.split(":")[0] for h in scan.with_secret(marker)} == {"laptop", *HOSTS}
-        run = tool.start("--debug", "up", "testcluster", "--transport", "socket")
-        url, port, token = run.wait_url()
-        wait_for(browser_log.exists, 30, what="the browser to be started")
-        rec = next(iter((tool.home / "state" / "sessions").glob("*.json")))
-        sid, job = rec.stem, json.loads(rec.read_text())["job_id"]
+    controls = [subprocess.Popen(["env", f"HPCLAB_SCAN_CONTROL={marker}-laptop", "sleep", "2"])]
+    controls += [subprocess.Popen([str(Path(tc("HPCLAB_TC_DIR")) / "bin" / "tcx"), h, "env",
+                                   f"HPCLAB_SCAN_CONTROL={marker}-{h}", "sleep", "2"]) for h in HOSTS]
+    with traced(tmp_path / "daemons") as cluster_traces:
+        try:
+            for c in controls:
+                c.wait(30)
+            wait_for(lambda: scan.rounds >= 2, 30, what="two scan rounds")
+            assert all(scan.holding(f"{marker}-{h}") for h in ("laptop", *HOSTS)), "the scan missed a control"
+            run = traced_start(tool, prefix, "--debug", "up", "testcluster", "--transport", "socket")
+            url, port, token = run.wait_url()
+            wait_for(browser_log.exists, 30, what="the browser to be started")
+            rec = next(iter((tool.home / "state" / "sessions").glob("*.json")))
+            sid, job, node = rec.stem, json.loads(rec.read_text())["job_id"], json.loads(rec.read_text())["node"]
 
-        assert run_cell(url, "print(6 * 7)").strip() == "42"
-        wrong = secrets.token_urlsafe(32)
-        assert request(port, "/api/contents", headers=auth(wrong)).status == 403
-        assert request(port, f"/api/contents?token={wrong}").status == 403
-        # the real token in a URL and a Referer of a failing request: Jupyter logs both
-        assert request(port, f"/api/nothing-here?token={token}",
-                       headers={"Referer": f"http://127.0.0.1:{port}/lab?token={token}"}).status == 404
+            assert run_cell(url, "print(6 * 7)").strip() == "42"
+            wrong = secrets.token_urlsafe(32)
+            assert request(port, "/api/contents", headers=auth(wrong)).status == 403
+            assert request(port, f"/api/contents?token={wrong}").status == 403
+            # the real token in a URL and a Referer of a failing request: Jupyter logs both
+            assert request(port, f"/api/nothing-here?token={token}",
+                           headers={"Referer": f"http://127.0.0.1:{port}/lab?token={token}"}).status == 404
 
-        outputs = {}
-        for argv in (["--debug", "logs", sid], ["--debug", "list"], ["--debug", "list", "--json"]):
-            proc = tool(*argv)
-            assert proc.returncode == 0, proc.stderr
-            outputs[" ".join(argv)] = without_url(proc.stdout, port, token) + proc.stderr
-        assert "ServerApp" in outputs[f"--debug logs {sid}"], "hpclab logs showed no Jupyter log"
+            outputs = {}
+            for argv in (["--debug", "logs", sid], ["--debug", "list"], ["--debug", "list", "--json"]):
+                proc = tool(*argv)
+                assert proc.returncode == 0, proc.stderr
+                outputs[" ".join(argv)] = without_url(proc.stdout, port, token) + proc.stderr
+            assert "ServerApp" in outputs[f"--debug logs {sid}"], "hpclab logs showed no Jupyter log"
 
-        sdir = f"/home/{user()}/.hpclab/sessions/{sid}"
-        for name in ("job.out", "job.err", "job.sh", "rendezvous.json", "started"):
-            outputs[f"root: {name}"] = tcx("login", ["cat", f"{sdir}/{name}"]).stdout
-        assert "403 GET /api/contents" in outputs["root: job.err"], "Jupyter did not log the failed request"
-        assert "404 GET /api/nothing-here" in outputs["root: job.err"]
-        assert tcx("login", ["cat", f"{sdir}/token"]).stdout == token  # control: we look at the right place
+            sdir = f"/home/{user()}/.hpclab/sessions/{sid}"
+            for name in ("job.out", "job.err", "job.sh", "rendezvous.json", "started"):
+                outputs[f"root: {name}"] = tcx("login", ["cat", f"{sdir}/{name}"]).stdout
+            assert "403 GET /api/contents" in outputs["root: job.err"], "Jupyter did not log the failed request"
+            assert "404 GET /api/nothing-here" in outputs["root: job.err"]
+            assert tcx("login", ["cat", f"{sdir}/token"]).stdout == token  # control: we look at the right place
 
-        named = tcx("login", ["squeue", "-h", "-j", job, "-o", "%j|%k"]).stdout.strip()
-        assert named == f"hpclab-{sid}|hpclab"
-        for argv in (["scontrol", "show", "job", "-dd", job], ["scontrol", "write", "batch_script", job, "-"],
-                     ["squeue", "-h", "-j", job, "-o", "%all"]):
-            outputs[" ".join(argv)] = tcx("login", argv).stdout
+            named = tcx("login", ["squeue", "-h", "-j", job, "-o", "%j|%k"]).stdout.strip()
+            assert named == f"hpclab-{sid}|hpclab"
+            for argv in (["scontrol", "show", "job", "-dd", job], ["scontrol", "write", "batch_script", job, "-"],
+                         ["squeue", "-h", "-j", job, "-o", "%all"]):
+                outputs[" ".join(argv)] = tcx("login", argv).stdout
 
-        run.signal(signal.SIGINT)
-        assert run.wait(120) == 130
-        # A last whole scan round after the stop (the round under way may have begun before it).
-        stopped_at = scan.rounds
-        wait_for(lambda: scan.rounds >= stopped_at + 2, 60, what="a scan round after the stop")
-    finally:
-        scan.stop()
-        if run is not None and run.proc.poll() is None:
-            run.signal(signal.SIGTERM)
+            run.signal(signal.SIGINT)
+            assert run.wait(120) == 130  # strace exits with hpclab's status once all it traced has ended
+            # A last whole scan round after the stop (the round under way may have begun before it).
+            stopped_at = scan.rounds
+            wait_for(lambda: scan.rounds >= stopped_at + 2, 60, what="a scan round after the stop")
+        finally:
+            scan.stop()
+            if run is not None and run.proc.poll() is None:
+                run.signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):  # the cause is what the test says
+                    run.proc.wait(90)
     fields = tcx("login", ["sacct", "--helpformat"]).stdout.split()
     outputs["sacct"] = tcx("login", ["sacct", "-j", job, "-P", "-o", ",".join(fields)]).stdout
     assert sid in outputs["sacct"]
 
-    assert scan.errors == [] and scan.rounds >= 3, (scan.rounds, scan.errors[:3])
-    assert scan.with_secret(token) == []
+    # No argv, no environment of any program started on the laptop, or by sshd or SLURM on any
+    # host (traced); no process environment on the machine while the session ran (sampled)
+    laptop_trace = LaptopTrace.read(prefix)
+    assert scan.rounds >= 3
+    holding = {"laptop": [e.line[:300] for e in laptop_trace.execs if token in e.line],
+               **{host: t.lines_with(token) for host, t in cluster_traces.items()},
+               "any environ (sampled)": scan.holding(token)}
+    assert holding == {where: [] for where in holding}
+    # ...and the token went into the stdin of exactly one program, the ssh that runs the submit
+    # (its remote command passes the session id to the shell program, which reads the token first)
+    fed = laptop_trace.stdin_holding(token)
+    assert len(fed) == 1, [e.line[:300] for e in fed.values()]
+    (submit,) = fed.values()
+    assert submit.line.startswith('execve("/usr/bin/ssh", ["ssh", ') and "sbatch" in submit.line, submit.line[:500]
+    assert f"hpclab {sid}" in submit.line, submit.line[:500]
+    assert [p for p, data in laptop_trace.written.items() if token in data] == [submit.stdin]
+    # controls: the trace saw the browser start, and hpclab start ssh with and without the token
+    assert any(e.line.startswith(f'execve("{browser}"') for e in laptop_trace.execs)
+    assert len({e.pid for e in laptop_trace.execs if e.line.startswith('execve("/usr/bin/ssh"')}) > 3
+    # The user's config asks for X11 forwarding, for which ssh would run xauth, and a LocalCommand
+    assert [e.line[:300] for e in laptop_trace.execs if "/usr/bin/xauth" in e.line] == []
+    assert not local_command_ran(tmp_path)
+
+    # controls: the traces saw the submit command on the login node and the job start on its node
+    assert cluster_traces["login"].lines_with(f'"hpclab", "{sid}"'), "the submit command is not in the trace"
+    assert cluster_traces[node].lines_with(f'"SLURM_JOB_ID={job}"'), f"the job's start on {node} is not in the trace"
+
     browser_argv = browser_log.read_text()
     assert token not in browser_argv, f"the browser was started with the token: {browser_argv}"
-    assert any(str(browser) in c for c in scan.cmdlines.get("laptop", ())), "no scan saw the browser running"
     for what, text in outputs.items():
         assert token not in text, what
     assert token not in without_url(run.stdout(), port, token) and url in run.stdout()
@@ -764,8 +941,71 @@ def test_token_stays_off_command_lines_out_of_the_scheduler_and_out_of_logs(tool
     for path in (tool.home / "state").rglob("*"):
         if path.is_file():
             assert token not in path.read_text(errors="replace"), path
-    # not a promise: where the token is in a process environment (readable by its owner and root)
-    print("environ holding the token:", scan.environ_with_secret(token) or "none")
+
+
+# -- the agent: never forwarded -----------------------------------------------------------------------------
+
+
+def agent_forwarding(trace: DaemonTrace) -> list[str]:
+    """What in a daemon trace shows a forwarded agent: sshd binding its /tmp/ssh-*/agent.* socket,
+    or a program started with SSH_AUTH_SOCK in its environment."""
+    return [line[:300] for line in trace.text.splitlines()
+            if re.search(r'sun_path="/tmp/ssh-[^"]*/agent\.', line) or '"SSH_AUTH_SOCK=' in line]
+
+
+def test_agent_is_not_forwarded_though_the_config_asks(cluster: Any, tmp_path: Path) -> None:
+    """An ssh-agent holding the user's key, SSH_AUTH_SOCK set for hpclab, and `ForwardAgent yes`
+    in the user's config: over a whole socket session (up, list, logs, url, stop) sshd makes no
+    agent socket on the login node or the node, and starts nothing with SSH_AUTH_SOCK (traced,
+    and sampled with `ls` too). Control: plain ssh with the same config and agent forwards it
+    to both."""
+    cfg = relaxed_ssh_config(tmp_path)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with_agent = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+    tool = laptop(tmp_path / "laptop", profile_text(ssh_options=["-F", str(cfg)]), SSH_AUTH_SOCK=str(sock))
+    sampled: dict[str, list[str]] = {}
+    plain: dict[str, str] = {}
+    try:
+        wait_for(sock.exists, 10, what="the agent's socket")
+        subprocess.run(["ssh-add", "-q", tc("TC_KEY")], env=with_agent, check=True, capture_output=True)
+        assert subprocess.run(["ssh-add", "-l"], env=with_agent, capture_output=True, text=True).stdout.count(
+            "\n") == 1, "the agent does not hold the key"
+        with traced(tmp_path / "session") as during:
+            info = tool.json("up", "testcluster", "--transport", "socket", "--detach", "--no-browser")
+            node = info["node"]
+            for h in ("login", node):
+                sampled[h] = cluster.agent_sockets(h)
+            for argv in (["list"], ["logs", info["id"]], ["url", info["id"]]):
+                proc = tool(*argv)
+                assert proc.returncode == 0, proc.stderr
+                for h in ("login", node):
+                    sampled[h] += cluster.agent_sockets(h)
+            proc = tool("stop", info["id"])
+            assert proc.returncode == 0, proc.stderr
+        assert not local_command_ran(tmp_path)  # (the control below runs it)
+        # control: plain ssh with the same config and agent, to the login node and (with a job
+        # there, for pam_slurm_adopt) to the node, lists its agent socket from inside the session
+        with cluster.job_on(user(), node), traced(tmp_path / "control", ("login", node)) as control:
+            for h in ("login", node):
+                dest = tc("TC_LOGIN_HOST") if h == "login" else node
+                proc = subprocess.run(["ssh", "-F", str(cfg), dest, 'ls -d /tmp/ssh-*/agent.*; echo "$SSH_AUTH_SOCK"'],
+                                      env=with_agent, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                      timeout=60)
+                plain[h] = proc.stdout
+    finally:
+        agent.terminate()
+        agent.wait(10)
+        tool.cleanup()
+    assert sampled == {"login": [], node: []}
+    for h in ("login", node):
+        assert agent_forwarding(during[h]) == [], h
+        # controls: the session's connections to this host went through the traced sshd
+        assert during[h].lines_with(f"sshd_config-{h}\", \"-E\""), f"no ssh connection to {h} in the trace"
+        lines = plain[h].splitlines()
+        assert lines and lines[-1].startswith("/tmp/ssh-") and lines[-1] in lines[:-1], (h, plain[h])
+        assert agent_forwarding(control[h]), h
 
 
 # -- promise 8: host keys ---------------------------------------------------------------------------------
@@ -782,8 +1022,9 @@ def test_changed_host_key_stops_before_anything_is_sent(tool: Hpclab, tmp_path: 
                      else line)
     assert lines != known
     (tmp_path / "known_hosts").write_text("\n".join(lines) + "\n")
-    tool.write_config(profile_text(ssh_options=["-F", tc("TC_SSH_CONFIG"),
-                                                "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}"]))
+    # the user's config says StrictHostKeyChecking no (relaxed_ssh_config)
+    wrong_key = ["-F", str(relaxed_ssh_config(tmp_path)), "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}"]
+    tool.write_config(profile_text(ssh_options=wrong_key))
     before_dirs = set(os.listdir(f"/home/{user()}/.hpclab/sessions"))
     before = accepted("login", user())
     proc = tool("up", "testcluster", "--no-browser")
@@ -792,6 +1033,13 @@ def test_changed_host_key_stops_before_anything_is_sent(tool: Hpclab, tmp_path: 
     assert accepted("login", user()) == before
     assert set(os.listdir(f"/home/{user()}/.hpclab/sessions")) <= before_dirs
     assert not list((tool.home / "state" / "sessions").glob("*.json"))
+    assert not local_command_ran(tmp_path)
+    # control: with the same options plain ssh warns about the changed key and logs in all the same
+    plain = subprocess.run(["ssh", *wrong_key, tc("TC_LOGIN_HOST"), "echo", "logged-in"], capture_output=True,
+                           text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in plain.stderr, plain.stderr
+    assert plain.returncode == 0 and plain.stdout.splitlines()[-1] == "logged-in", plain.stderr
+    assert accepted("login", user()) == before + 1
 
 
 # -- promise 9: nothing carries over -----------------------------------------------------------------------
@@ -843,7 +1091,7 @@ def test_hostile_values_are_refused_before_any_connection(tool: Hpclab, where: s
     if where == "flag":
         args = [f"--{key}", value]
     else:
-        tool.write_config(profile_text(**{key: value}))
+        tool.write_config(relaxed_profile(tool.home.parent.parent, **{key: value}))
     before = accepted("login", user())
     proc = tool("up", "testcluster", "--no-browser", *args)
     assert proc.returncode == 2, proc.stderr
@@ -861,7 +1109,7 @@ def test_hostile_notebook_dir_env_and_directive_are_data(tool: Hpclab) -> None:
     value = f"$(touch /tmp/{mark}) `touch /tmp/{mark}` ; touch /tmp/{mark}"
     # sbatch splits a directive at spaces (and refuses the rest): ${IFS} is a space only to a shell
     directive = f"--comment=$(touch${{IFS}}/tmp/{mark})"
-    tool.write_config(profile_text(extra_directives=[directive]) +
+    tool.write_config(relaxed_profile(tool.home.parent.parent, extra_directives=[directive]) +
                       f"env = {{ HPCLAB_TEST_VALUE = {json.dumps(value)} }}\n")
     try:
         tcx("login", as_user(user(), ["mkdir", "-p", str(where)]))
@@ -899,7 +1147,7 @@ def test_old_server_warning_with_patched_version_string(tool: Hpclab) -> None:
         tcx("login", as_user(user(), ["mkdir", "-p", str(d)]))
         tcx("login", as_user(user(), ["sh", "-c", 'cat > "$1"', "sh", str(d / "sitecustomize.py")]),
             input=FAKE_VERSION)
-        tool.write_config(profile_text() + f"env = {{ PYTHONPATH = {json.dumps(str(d))} }}\n")
+        tool.write_config(relaxed_profile(tool.home.parent.parent) + f"env = {{ PYTHONPATH = {json.dumps(str(d))} }}\n")
         proc = tool("up", "testcluster", "--detach", "--no-browser", "--json")
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["jupyter_server"] == "2.17.0"
