@@ -426,8 +426,8 @@ def check_config_enforced(job: Job) -> None:
     provider, _ = load_server_config(job)
     app = stand_in_app()
     p = provider(parent=app, token="", hashed_password="sha1:x:y", password_required=True,
-                 allow_password_change=True, token_generated=True)
-    assert p.token == TOKEN and p.token_generated is False
+                 allow_password_change=True)
+    assert p.token == TOKEN
     assert (p.hashed_password, p.password_required, p.allow_password_change) == ("", False, False)
     assert (app.allow_origin, app.allow_origin_pat) == ("", "")
     assert (app.allow_credentials, app.disable_check_xsrf) == (False, False)
@@ -518,7 +518,6 @@ JOB_MUTATIONS: list[tuple[str, Callable[[str], str], Callable[[Job], None], str]
                                            "the token gets nothing for it\n"), check_origin_config, "socket"),
     *[(f"config enforced: {line.strip()}", _drop(line), check_config_enforced, "socket") for line in (
         "        self.token = token\n",
-        "        self.token_generated = False\n",
         '        self.hashed_password = ""  # no password login\n',
         "        self.password_required = False  # (would stop the server now that there is no password)\n",
         "        self.allow_password_change = False  # the login page cannot set one either\n",

@@ -102,7 +102,6 @@ class HpclabIdentityProvider(PasswordIdentityProvider):
         if len(token.strip()) < 32:
             raise ValueError("hpclab: the session token file is empty or short: " + TOKEN_FILE)
         self.token = token
-        self.token_generated = False
         self.hashed_password = ""  # no password login
         self.password_required = False  # (would stop the server now that there is no password)
         self.allow_password_change = False  # the login page cannot set one either
