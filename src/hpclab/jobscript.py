@@ -71,7 +71,8 @@ def jupyter_args(opts: JobOptions) -> list[str]:
 # have been read, before the web application is built from these settings). Stock
 # jupyter_server also trusts any web page that presents the token (no origin check, its Origin
 # copied into Access-Control-Allow-Origin); here the token counts only from the lab's own
-# origin or from a program that sends no Origin.
+# origin or from a program that sends no Origin, so a page of another origin is not a token
+# holder and gets the origin checks (and no CORS header) of everyone else.
 SERVER_CONFIG = """\
 from urllib.parse import urlparse
 
@@ -110,9 +111,6 @@ class HpclabIdentityProvider(PasswordIdentityProvider):
         headers = settings.get("headers") or {}
         settings["headers"] = {k: v for k, v in headers.items() if not k.lower().startswith("access-control-")}
         app.tornado_settings = settings
-
-    def should_check_origin(self, handler):
-        return True  # token holders too
 
     async def get_user_token(self, handler):
         if hpclab_foreign(handler):
@@ -193,14 +191,14 @@ export JUPYTER_TOKEN_FILE="$HPCLAB_DIR/{token}"
 }} > "$hpclab_runtime/config/jupyter_server_config.py" ) || exit 1
 export JUPYTER_CONFIG_PATH="$hpclab_runtime/config${{JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}}"
 
-# `command` and type -P: the jupyter program on PATH, never a shell function a setup line defined.
-if ! type -P jupyter >/dev/null 2>&1; then
+if ! command -v jupyter >/dev/null 2>&1; then
   echo "hpclab: 'jupyter' is not on PATH after the setup lines; add a setup line that provides it (module load ..., source .../bin/activate)" >&2
   exit 127
 fi
 cd {notebook_dir} || {{ echo "hpclab: cannot enter the notebook directory" >&2; exit 1; }}
 
 {listen}
+# `command`: the jupyter program on PATH, never a shell function a setup line defined.
 command jupyter lab {jupyter_args} "${{hpclab_listen[@]}}" &
 hpclab_pid=$!
 

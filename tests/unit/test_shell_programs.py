@@ -346,16 +346,13 @@ def check_jupyter_args(job: Job) -> None:
 
 class StandInProvider:
     """Stands in for jupyter_server's PasswordIdentityProvider as far as hpclab's config uses it:
-    a parent (the ServerApp), config-set traits, and the stock answers that let token holders
-    skip the origin check and accept the token from any origin."""
+    a parent (the ServerApp), config-set traits, and the stock answer that accepts the token
+    from any origin."""
 
     def __init__(self, parent: Any = None, **kwargs: Any) -> None:
         self.parent = parent
         for name, value in kwargs.items():
             setattr(self, name, value)
-
-    def should_check_origin(self, handler: object) -> bool:
-        return False  # stock: a request with a valid token skips the origin check
 
     async def get_user_token(self, handler: object) -> str | None:
         return "token user"
@@ -407,13 +404,12 @@ def load_server_config(job: Job) -> tuple[Any, types.SimpleNamespace]:
 
 
 def check_origin_config(job: Job) -> None:
-    """The config file first on JUPYTER_CONFIG_PATH makes token holders origin-checked too, and
-    takes the token from another origin for nothing."""
+    """The config file first on JUPYTER_CONFIG_PATH takes the token from another origin for
+    nothing: such a request is not a token holder's, and gets the origin checks of everyone else."""
     import asyncio
 
     provider, _ = load_server_config(job)
     p = provider(parent=stand_in_app())
-    assert p.should_check_origin(object()) is True
     for origin in ("http://evil.example", "null", "http://127.0.0.1:1", "http://127.0.0.1:8888.evil.example"):
         assert asyncio.run(p.get_user_token(handler(origin))) is None, origin
     for origin in (None, "http://127.0.0.1:8888", "HTTP://127.0.0.1:8888"):  # a program; the lab's own page
@@ -509,9 +505,6 @@ JOB_MUTATIONS: list[tuple[str, Callable[[str], str], Callable[[Job], None], str]
      check_jupyter_args, "tcp"),
     ("origin-check config on the config path", _drop(
         'export JUPYTER_CONFIG_PATH="$hpclab_runtime/config${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"\n'),
-     check_origin_config, "socket"),
-    ("should_check_origin returns True", lambda s: s.replace("        return True  # token holders too\n",
-                                                             "        return False\n"),
      check_origin_config, "socket"),
     ("no token from another origin", _drop("        if hpclab_foreign(handler):\n"
                                            "            return None  # a web page of another origin that presents "

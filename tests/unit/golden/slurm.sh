@@ -117,9 +117,6 @@ class HpclabIdentityProvider(PasswordIdentityProvider):
         settings["headers"] = {k: v for k, v in headers.items() if not k.lower().startswith("access-control-")}
         app.tornado_settings = settings
 
-    def should_check_origin(self, handler):
-        return True  # token holders too
-
     async def get_user_token(self, handler):
         if hpclab_foreign(handler):
             return None  # a web page of another origin that presents the token gets nothing for it
@@ -131,8 +128,7 @@ HPCLAB_CONFIG
 } > "$hpclab_runtime/config/jupyter_server_config.py" ) || exit 1
 export JUPYTER_CONFIG_PATH="$hpclab_runtime/config${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"
 
-# `command` and type -P: the jupyter program on PATH, never a shell function a setup line defined.
-if ! type -P jupyter >/dev/null 2>&1; then
+if ! command -v jupyter >/dev/null 2>&1; then
   echo "hpclab: 'jupyter' is not on PATH after the setup lines; add a setup line that provides it (module load ..., source .../bin/activate)" >&2
   exit 127
 fi
@@ -158,6 +154,7 @@ else
   if [ -z "$hpclab_addr" ]; then echo "hpclab: cannot find this node's address" >&2; exit 1; fi
   hpclab_listen=(--ServerApp.ip="$hpclab_addr" --ServerApp.port=0 --ServerApp.port_retries=0)
 fi
+# `command`: the jupyter program on PATH, never a shell function a setup line defined.
 command jupyter lab --no-browser --KernelManager.transport=ipc --ServerApp.allow_remote_access=False --ServerApp.shutdown_no_activity_timeout=3600 --MappingKernelManager.cull_idle_timeout=3600 --MappingKernelManager.cull_interval=60 --MappingKernelManager.cull_connected=False "${hpclab_listen[@]}" &
 hpclab_pid=$!
 
