@@ -80,7 +80,8 @@ from jupyter_server.auth.identity import PasswordIdentityProvider
 
 # tornado_settings keys that override the server's own settings of the same name
 HPCLAB_OVERRIDDEN = ("allow_origin", "allow_origin_pat", "allow_credentials", "disable_check_xsrf",
-                     "xsrf_cookies", "allow_remote_access", "local_hostnames", "identity_provider")
+                     "xsrf_cookies", "allow_remote_access", "local_hostnames", "identity_provider",
+                     "authenticate_prometheus")
 
 
 def hpclab_foreign(handler):
@@ -107,6 +108,7 @@ class HpclabIdentityProvider(PasswordIdentityProvider):
         app.allow_credentials = False
         app.disable_check_xsrf = False
         app.local_hostnames = ["localhost"]
+        app.authenticate_prometheus = True  # /metrics too wants the token
         settings = {k: v for k, v in app.tornado_settings.items() if k not in HPCLAB_OVERRIDDEN}
         headers = settings.get("headers") or {}
         settings["headers"] = {k: v for k, v in headers.items() if not k.lower().startswith("access-control-")}

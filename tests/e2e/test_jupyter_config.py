@@ -66,12 +66,13 @@ c.ServerApp.allow_credentials = True
 c.ServerApp.disable_check_xsrf = True
 c.ServerApp.allow_remote_access = True
 c.ServerApp.local_hostnames = ["localhost", "evil.example"]
+c.ServerApp.authenticate_prometheus = False
 c.ServerApp.identity_provider_class = PasswordIdentityProvider
 c.ServerApp.tornado_settings = {
     "headers": {"Access-Control-Allow-Origin": "*", "access-control-allow-credentials": "true"},
     "allow_origin": "*", "allow_origin_pat": ".*", "allow_credentials": True, "disable_check_xsrf": True,
     "xsrf_cookies": False, "allow_remote_access": True, "local_hostnames": ["localhost", "evil.example"],
-    "identity_provider": PasswordIdentityProvider(token=""),
+    "authenticate_prometheus": False, "identity_provider": PasswordIdentityProvider(token=""),
 }
 """
 OPEN_JSON = {"IdentityProvider": {"token": ""}, "HpclabIdentityProvider": {"token": ""},
@@ -193,6 +194,7 @@ def test_the_weakening_files_do_open_a_stock_lab(tmp_path: Path) -> None:
                                        "jupyter_server_config.json": json.dumps(OPEN_JSON),
                                        "jupyter_lab_config.py": OPEN_LAB_PY}) as lab:
         assert request(lab.port, "/api/contents").status == 200  # no token needed
+        assert request(lab.port, "/metrics").status == 200
         r = request(lab.port, "/api/contents", headers={"Origin": EVIL})
         assert r.header("Access-Control-Allow-Origin") == ["*"]
         assert r.header("Access-Control-Allow-Credentials") == ["true"]
@@ -257,6 +259,7 @@ def check_requires_its_token(lab: Lab, other_token: str) -> None:
                           (f"/api/contents?token={other_token}", {}), ("/api/contents", auth(other_token)),
                           ("/api/contents", auth(""))):
         assert request(port, path, headers=headers).status == 403, (path, headers)
+    assert request(port, "/metrics").status == 403
     lab_page = request(port, "/lab")
     assert lab_page.status == 302 and lab_page.header("Location")[0].startswith("/login")
     # a web page of another origin, with the token: nothing it may read

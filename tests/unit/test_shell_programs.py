@@ -362,13 +362,13 @@ def stand_in_app() -> types.SimpleNamespace:
     """A ServerApp as the user's weakening config files leave it."""
     return types.SimpleNamespace(
         allow_origin="*", allow_origin_pat=".*", allow_credentials=True, disable_check_xsrf=True,
-        local_hostnames=["localhost", "evil.example"],
+        local_hostnames=["localhost", "evil.example"], authenticate_prometheus=False,
         tornado_settings={
             "headers": {"Access-Control-Allow-Origin": "*", "access-control-allow-credentials": "true",
                         "Content-Security-Policy": "frame-ancestors 'self'"},
             "allow_origin": "*", "allow_origin_pat": ".*", "allow_credentials": True, "disable_check_xsrf": True,
             "xsrf_cookies": False, "allow_remote_access": True, "local_hostnames": ["evil.example"],
-            "identity_provider": object(), "websocket_max_message_size": 1234,
+            "identity_provider": object(), "authenticate_prometheus": False, "websocket_max_message_size": 1234,
         })
 
 
@@ -427,7 +427,7 @@ def check_config_enforced(job: Job) -> None:
     assert (p.hashed_password, p.password_required, p.allow_password_change) == ("", False, False)
     assert (app.allow_origin, app.allow_origin_pat) == ("", "")
     assert (app.allow_credentials, app.disable_check_xsrf) == (False, False)
-    assert app.local_hostnames == ["localhost"]
+    assert app.local_hostnames == ["localhost"] and app.authenticate_prometheus is True
     assert app.tornado_settings == {"headers": {"Content-Security-Policy": "frame-ancestors 'self'"},
                                     "websocket_max_message_size": 1234}  # the harmless ones stay
 
@@ -519,6 +519,7 @@ JOB_MUTATIONS: list[tuple[str, Callable[[str], str], Callable[[Job], None], str]
         "        app.allow_credentials = False\n",
         "        app.disable_check_xsrf = False\n",
         '        app.local_hostnames = ["localhost"]\n',
+        "        app.authenticate_prometheus = True  # /metrics too wants the token\n",
         "        app.tornado_settings = settings\n",
     )],
     ("config enforced: Access-Control headers dropped",
