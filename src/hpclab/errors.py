@@ -9,7 +9,7 @@ from __future__ import annotations
 class ExitCode:
     OK = 0
     ERROR = 1  # a bug or an unexpected failure
-    CONFIG = 2  # bad profile, flag or usage: nothing was started
+    CONFIG = 2  # bad profile, flag, usage or Jupyter config: nothing was started or left running
     CONNECT = 3  # the login node could not be reached, or refused us
     SCHEDULER = 4  # the scheduler refused or failed a request
     JOB_FAILED = 5  # the job ended before Jupyter was ready
@@ -36,6 +36,11 @@ class HpclabError(Exception):
 
 class ConfigError(HpclabError):
     exit_code = ExitCode.CONFIG
+
+
+class UnsafeLabError(ConfigError):
+    """The lab would answer without its token (a Jupyter config hpclab cannot neutralize, a
+    jupyter_server too old to hold to it); the session was stopped."""
 
 
 class ConnectError(HpclabError):

@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from . import jobscript
+from . import jobscript, labcheck
 from .cluster import Snapshot, tunnel_for
-from .errors import HpclabError, Interrupted, JobFailedError, LoginRefused, MaxWaitError, Unreachable
+from .errors import HpclabError, Interrupted, JobFailedError, LoginRefused, MaxWaitError, Unreachable, UnsafeLabError
 from .options import JOB_KEYS
 from .profiles import Profile
 from .redact import redact, register
@@ -32,6 +32,8 @@ from .tunnel import Tunnel, free_local_port, wait_ready
 from .watch import Watch
 
 MIN_JUPYTER_SERVER = (2, 18)
+# Identity providers (what the job's config holds the lab to its token with) came in 2.0.
+REQUIRED_JUPYTER_SERVER = (2, 0)
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -158,6 +160,7 @@ class Launch:
         if not wait_ready(rec.local_port or 0, rec.token, timeout=60):
             raise JobFailedError("Jupyter started but does not answer through the tunnel",
                                  hint=self._err_tail() or None)
+        labcheck.check(rec.local_port or 0, rec.token)  # refuses a lab that answers without the token
         t.mark("ready", start)
         rec.state = "running"
         self.store.save(rec)
@@ -272,6 +275,13 @@ class Launch:
             rec.socket = rdv.socket
         else:
             rec.address, rec.port = rdv.address, rdv.port
+        if rec.jupyter_server and version_tuple(rec.jupyter_server) < REQUIRED_JUPYTER_SERVER:
+            raise UnsafeLabError(
+                f"the cluster runs jupyter_server {rec.jupyter_server}, older than 2.0, which hpclab cannot hold "
+                "to its token; hpclab stopped the job",
+                hint="upgrade it in the environment your setup lines activate "
+                     "(pip install -U 'jupyter_server>=2.18' jupyterlab)",
+            )
         if rec.jupyter_server and version_tuple(rec.jupyter_server) < MIN_JUPYTER_SERVER:
             self.warnings.append(
                 f"the cluster runs jupyter_server {rec.jupyter_server}, older than 2.18, which fixed token and "

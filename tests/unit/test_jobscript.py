@@ -41,7 +41,6 @@ def test_transports_listen_where_they_should() -> None:
 
 def test_jupyter_hardening_arguments() -> None:
     args = jupyter_args(JobOptions("x", "socket", idle_timeout=900))
-    assert "--PasswordIdentityProvider.allow_password_change=False" in args
     assert "--KernelManager.transport=ipc" in args
     assert "--ServerApp.shutdown_no_activity_timeout=900" in args
     assert not any("shutdown_no_activity" in a for a in jupyter_args(JobOptions("x", "socket", idle_timeout=0)))

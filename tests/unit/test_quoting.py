@@ -343,7 +343,7 @@ class _NoTunnel:
         pass
 
 
-@pytest.mark.parametrize(("version", "warned"), [("2.17.0", True), ("2.1rc8", True), ("1.24.0", True),
+@pytest.mark.parametrize(("version", "warned"), [("2.17.0", True), ("2.1rc8", True), ("2.0.0", True),
                                                   ("2.18.0", False), ("2.21.1", False), ("", False)])
 def test_old_jupyter_server_is_flagged_with_how_to_upgrade(tmp_path: Path, version: str, warned: bool) -> None:
     paths = Paths(config_file=tmp_path / "c.toml", state_dir=tmp_path / "state", control_dir=tmp_path / "ctl")

@@ -577,10 +577,11 @@ def run_until_ready(tmp_path: Path, jobs: list[Job], script: str) -> Job:
 # checks on a job that is up
 
 def check_files_private(job: Job) -> None:
-    """Everything the job writes before and after Jupyter starts is private (umask 077 first)."""
+    """Everything the job writes before and after Jupyter starts is private (umask 077 first),
+    and so is what Jupyter writes without a mode of its own (here the fake's server-info file)."""
     rt = Path(job.rendezvous()["runtime_dir"])
     paths = [job.dir / "started", job.dir / "rendezvous.json", rt, rt / "config",
-             rt / "config" / "jupyter_server_config.py"]
+             rt / "config" / "jupyter_server_config.py", rt / f"jpserver-{job.jupyter()['pid']}.json"]
     want = {str(p): oct(0o700 if p.is_dir() else 0o600) for p in paths}
     assert {str(p): oct(mode(p)) for p in paths} == want
 
@@ -597,8 +598,7 @@ def check_jupyter_args(job: Job) -> None:
     seen = job.jupyter()
     argv, env = seen["argv"], seen["env"]
     assert argv[0] == "lab"
-    for arg in ("--no-browser", "--ServerApp.allow_remote_access=False", "--KernelManager.transport=ipc",
-                "--PasswordIdentityProvider.allow_password_change=False"):
+    for arg in ("--no-browser", "--ServerApp.allow_remote_access=False", "--KernelManager.transport=ipc"):
         assert arg in argv, arg
     rdv = job.rendezvous()
     if rdv["transport"] == "socket":
@@ -616,22 +616,47 @@ def check_jupyter_args(job: Job) -> None:
     assert TOKEN not in job.script
 
 
-def check_origin_config(job: Job) -> None:
-    """The config file first on JUPYTER_CONFIG_PATH makes token holders origin-checked too.
+class StandInProvider:
+    """Stands in for jupyter_server's PasswordIdentityProvider as far as hpclab's config uses it:
+    a parent (the ServerApp), config-set traits, and the stock answer that accepts the token
+    from any origin."""
 
-    Loaded with a stand-in for jupyter_server.auth.identity whose PasswordIdentityProvider,
-    like the real one, skips the origin check for token-authenticated requests."""
+    def __init__(self, parent: Any = None, **kwargs: Any) -> None:
+        self.parent = parent
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+
+    async def get_user_token(self, handler: object) -> str | None:
+        return "token user"
+
+
+def stand_in_app() -> types.SimpleNamespace:
+    """A ServerApp as the user's weakening config files leave it."""
+    return types.SimpleNamespace(
+        allow_origin="*", allow_origin_pat=".*", allow_credentials=True, disable_check_xsrf=True,
+        local_hostnames=["localhost", "evil.example"], authenticate_prometheus=False,
+        tornado_settings={
+            "headers": {"Access-Control-Allow-Origin": "*", "access-control-allow-credentials": "true",
+                        "Content-Security-Policy": "frame-ancestors 'self'"},
+            "allow_origin": "*", "allow_origin_pat": ".*", "allow_credentials": True, "disable_check_xsrf": True,
+            "xsrf_cookies": False, "allow_remote_access": True, "local_hostnames": ["evil.example"],
+            "identity_provider": object(), "authenticate_prometheus": False, "websocket_max_message_size": 1234,
+        })
+
+
+def handler(origin: str | None, host: str = "127.0.0.1:8888") -> types.SimpleNamespace:
+    headers = {"Host": host, **({"Origin": origin} if origin is not None else {})}
+    return types.SimpleNamespace(request=types.SimpleNamespace(headers=headers))
+
+
+def load_server_config(job: Job) -> tuple[Any, types.SimpleNamespace]:
+    """hpclab's server config as the job wrote it, loaded with StandInProvider for jupyter_server's."""
     config_path = job.jupyter()["env"].get("JUPYTER_CONFIG_PATH", "").split(":")
     rt = job.rendezvous()["runtime_dir"]
     assert config_path[0] == f"{rt}/config"
     source = (Path(config_path[0]) / "jupyter_server_config.py").read_text()
-
-    class PasswordIdentityProvider:
-        def should_check_origin(self, handler: object) -> bool:
-            return False  # stock: a request with a valid token skips the origin check
-
     identity = types.ModuleType("jupyter_server.auth.identity")
-    identity.PasswordIdentityProvider = PasswordIdentityProvider  # type: ignore[attr-defined]
+    identity.PasswordIdentityProvider = StandInProvider  # type: ignore[attr-defined]
     c = types.SimpleNamespace(ServerApp=types.SimpleNamespace())
     saved = {k: sys.modules.get(k) for k in ("jupyter_server", "jupyter_server.auth", "jupyter_server.auth.identity")}
     sys.modules.update({"jupyter_server": types.ModuleType("jupyter_server"),
@@ -646,8 +671,37 @@ def check_origin_config(job: Job) -> None:
             else:
                 sys.modules[k] = v
     provider = getattr(c.ServerApp, "identity_provider_class", None)
-    assert provider is not None and issubclass(provider, PasswordIdentityProvider)
-    assert provider().should_check_origin(object()) is True
+    assert provider is not None and issubclass(provider, StandInProvider)
+    return provider, c
+
+
+def check_origin_config(job: Job) -> None:
+    """The config file first on JUPYTER_CONFIG_PATH takes the token from another origin for
+    nothing: such a request is not a token holder's, and gets the origin checks of everyone else."""
+    import asyncio
+
+    provider, _ = load_server_config(job)
+    p = provider(parent=stand_in_app())
+    for origin in ("http://evil.example", "null", "http://127.0.0.1:1", "http://127.0.0.1:8888.evil.example"):
+        assert asyncio.run(p.get_user_token(handler(origin))) is None, origin
+    for origin in (None, "http://127.0.0.1:8888", "HTTP://127.0.0.1:8888"):  # a program; the lab's own page
+        assert asyncio.run(p.get_user_token(handler(origin))) == "token user", origin
+
+
+def check_config_enforced(job: Job) -> None:
+    """Whatever the user's config set, the provider's constructor leaves hpclab's token and no
+    other way in: no password, no other origin, checks on, tornado_settings unable to undo it."""
+    provider, _ = load_server_config(job)
+    app = stand_in_app()
+    p = provider(parent=app, token="", hashed_password="sha1:x:y", password_required=True,
+                 allow_password_change=True)
+    assert p.token == TOKEN
+    assert (p.hashed_password, p.password_required, p.allow_password_change) == ("", False, False)
+    assert (app.allow_origin, app.allow_origin_pat) == ("", "")
+    assert (app.allow_credentials, app.disable_check_xsrf) == (False, False)
+    assert app.local_hostnames == ["localhost"] and app.authenticate_prometheus is True
+    assert app.tornado_settings == {"headers": {"Content-Security-Policy": "frame-ancestors 'self'"},
+                                    "websocket_max_message_size": 1234}  # the harmless ones stay
 
 
 def check_rendezvous(job: Job) -> None:
@@ -681,6 +735,7 @@ def test_job_script_runs_private_and_tells_where_jupyter_listens(tmp_path: Path,
     check_runtime_dir(job)
     check_jupyter_args(job)
     check_origin_config(job)
+    check_config_enforced(job)
     check_rendezvous(job)
     end_job(job, signal.SIGTERM)
     check_ended(job, "cancelled")
@@ -713,7 +768,7 @@ JOB_MUTATIONS: list[tuple[str, Callable[[str], str], Callable[[Job], None], str]
                                       '"${TMPDIR:-/tmp}/hpclab-$HPCLAB_SESSION"; mkdir -p "$hpclab_runtime"'),
      check_runtime_dir, "socket"),
     ("unset the login's Jupyter variables",
-     _drop("unset XDG_RUNTIME_DIR JUPYTER_PORT JUPYTER_TOKEN JUPYTER_RUNTIME_DIR JUPYTER_TOKEN_FILE\n"),
+     _drop("unset XDG_RUNTIME_DIR JUPYTER_PORT JUPYTER_TOKEN JUPYTER_NO_CONFIG JUPYTER_ALLOW_INSECURE_WRITES\n"),
      check_jupyter_args, "socket"),
     ("sock_mode 0600", lambda s: s.replace(" --ServerApp.sock_mode=0600", ""), check_jupyter_args, "socket"),
     ("allow_remote_access=False", lambda s: s.replace(" --ServerApp.allow_remote_access=False", ""),
@@ -723,8 +778,26 @@ JOB_MUTATIONS: list[tuple[str, Callable[[str], str], Callable[[Job], None], str]
     ("origin-check config on the config path", _drop(
         'export JUPYTER_CONFIG_PATH="$hpclab_runtime/config${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"\n'),
      check_origin_config, "socket"),
-    ("should_check_origin returns True", lambda s: s.replace("        return True\n", "        return False\n"),
-     check_origin_config, "socket"),
+    ("no token from another origin", _drop("        if hpclab_foreign(handler):\n"
+                                           "            return None  # a web page of another origin that presents "
+                                           "the token gets nothing for it\n"), check_origin_config, "socket"),
+    *[(f"config enforced: {line.strip()}", _drop(line), check_config_enforced, "socket") for line in (
+        "        self.token = token\n",
+        '        self.hashed_password = ""  # no password login\n',
+        "        self.password_required = False  # (would stop the server now that there is no password)\n",
+        "        self.allow_password_change = False  # the login page cannot set one either\n",
+        '        app.allow_origin = ""\n',
+        '        app.allow_origin_pat = ""\n',
+        "        app.allow_credentials = False\n",
+        "        app.disable_check_xsrf = False\n",
+        '        app.local_hostnames = ["localhost"]\n',
+        "        app.authenticate_prometheus = True  # /metrics too wants the token\n",
+        "        app.tornado_settings = settings\n",
+    )],
+    ("config enforced: Access-Control headers dropped",
+     lambda s: s.replace(' if not k.lower().startswith("access-control-")}', "}"), check_config_enforced, "socket"),
+    ("config enforced: tornado_settings keys dropped", lambda s: s.replace(" if k not in HPCLAB_OVERRIDDEN}", "}"),
+     check_config_enforced, "socket"),
 ]
 
 
