@@ -12,10 +12,12 @@ of another origin would, and stops the session when either gets anything.
 from __future__ import annotations
 
 import http.client
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import UnsafeLabError
+from .tunnel import listener_uid
 
 # Authenticated, and not counted as activity by the idle shutdown.
 PATH = "/api/status"
@@ -41,6 +43,11 @@ def http_ask(port: int, timeout: float = 10.0) -> Ask:
     def ask(method: str, path: str, headers: dict[str, str]) -> Answer:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         try:
+            conn.connect()
+            assert conn.sock is not None
+            owner = listener_uid(conn.sock)
+            if owner is not None and owner != os.getuid():
+                return Answer(None)  # not hpclab's forward (see tunnel.probe): nothing is sent
             conn.request(method, path, headers=headers)
             resp = conn.getresponse()
             resp.read()

@@ -195,15 +195,8 @@ def test_up_stops_a_lab_that_answers_without_the_token(local: Local) -> None:
 # -- jupyter_server before 2.0 -------------------------------------------------------------------------
 
 
-class _NoTunnel:
-    def __init__(self, *args: object) -> None:
-        pass
-
-    def open(self) -> None:
-        raise AssertionError("a tunnel was opened to a server hpclab refuses")
-
-    def close(self) -> None:
-        pass
+def _no_forward(*args: object) -> int:
+    raise AssertionError("a tunnel was opened to a server hpclab refuses")
 
 
 @pytest.mark.parametrize(("version", "refused"), [("1.24.0", True), ("1.99", True), ("0.9", True),
@@ -214,7 +207,7 @@ def test_jupyter_server_before_2_is_refused(tmp_path: Path, version: str, refuse
     up = launch.Launch(ctx, Profile(name="p", host="login"))
     rdv = Rendezvous(session=up.record.id, job_id="1", node="node1", user="u", transport="tcp", address="10.0.0.1",
                      port=8888, socket="", pid=1, runtime_dir="/tmp/r", jupyter_server=version)
-    with mock.patch.object(launch, "tunnel_for", _NoTunnel):
+    with mock.patch.object(launch, "open_forward", _no_forward):
         if refused:
             with pytest.raises(UnsafeLabError) as err:
                 up._open_tunnel(rdv)
