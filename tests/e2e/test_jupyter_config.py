@@ -419,3 +419,39 @@ def test_no_foreign_origin_on_any_path(cluster: Any, tmp_path: Path) -> None:
         check_no_foreign_origin_anywhere(lab)
     finally:
         lab.tool.cleanup()
+
+
+# -- a cookie secret the user's config knows ----------------------------------------------------------------
+
+KNOWN_SECRET = "hpclab-known-cookie-secret-" + secrets.token_hex(8)
+SECRET_PY = f"c.ServerApp.cookie_secret = {KNOWN_SECRET.encode()!r}\n"
+
+
+def forged_cookie(port: int) -> str:
+    """A login cookie for 127.0.0.1:`port` signed with KNOWN_SECRET, as jupyter_server makes them
+    (tornado's signed value of the user's JSON, under username-127-0-0-1-PORT)."""
+    code = ("import json, sys; from tornado.web import create_signed_value; "
+            "user = {'username': 'intruder', 'name': 'intruder', 'display_name': 'intruder', "
+            "'initials': None, 'avatar_url': None, 'color': None}; "
+            "print(create_signed_value(sys.argv[1].encode(), sys.argv[2], json.dumps(user)).decode())")
+    name = f"username-127-0-0-1-{port}"
+    value = subprocess.run([str(venv() / "bin" / "python"), "-c", code, KNOWN_SECRET, name], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    return f"{name}={value}"
+
+
+def test_a_cookie_secret_the_user_config_knows_forges_no_login(cluster: Any, tmp_path: Path) -> None:
+    """Whoever knows a cookie secret set in ~/.jupyter (or kept in a cookie_secret_file) could sign
+    a login cookie for the lab; hpclab's lab signs with a fresh secret of its own."""
+    with stock_lab(tmp_path / "stock", {"jupyter_server_config.py": SECRET_PY}) as stock:
+        # control: the forged cookie does log in to a stock lab with that config
+        assert request(stock.port, "/api/contents", headers={"Cookie": forged_cookie(stock.port)}).status == 200
+    lab = None
+    with user_jupyter_files({"jupyter_server_config.py": SECRET_PY}):
+        try:
+            lab = up(tmp_path)
+            assert request(lab.port, "/api/contents", headers={"Cookie": forged_cookie(lab.port)}).status == 403
+            assert request(lab.port, "/api/contents", headers=auth(lab.token)).status == 200  # control
+        finally:
+            if lab is not None:
+                lab.tool.cleanup()

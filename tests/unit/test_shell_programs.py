@@ -630,17 +630,22 @@ class StandInProvider:
         return "token user"
 
 
+KNOWN_COOKIE_SECRET = b"a cookie secret the user's config knows"
+
+
 def stand_in_app() -> types.SimpleNamespace:
     """A ServerApp as the user's weakening config files leave it."""
     return types.SimpleNamespace(
         allow_origin="*", allow_origin_pat=".*", allow_credentials=True, disable_check_xsrf=True,
         local_hostnames=["localhost", "evil.example"], authenticate_prometheus=False,
+        cookie_secret=KNOWN_COOKIE_SECRET,
         tornado_settings={
             "headers": {"Access-Control-Allow-Origin": "*", "access-control-allow-credentials": "true",
                         "Content-Security-Policy": "frame-ancestors 'self'"},
             "allow_origin": "*", "allow_origin_pat": ".*", "allow_credentials": True, "disable_check_xsrf": True,
             "xsrf_cookies": False, "allow_remote_access": True, "local_hostnames": ["evil.example"],
             "identity_provider": object(), "authenticate_prometheus": False, "websocket_max_message_size": 1234,
+            "cookie_secret": KNOWN_COOKIE_SECRET,
         })
 
 
@@ -700,6 +705,7 @@ def check_config_enforced(job: Job) -> None:
     assert (app.allow_origin, app.allow_origin_pat) == ("", "")
     assert (app.allow_credentials, app.disable_check_xsrf) == (False, False)
     assert app.local_hostnames == ["localhost"] and app.authenticate_prometheus is True
+    assert app.cookie_secret != KNOWN_COOKIE_SECRET and len(app.cookie_secret) >= 32
     assert app.tornado_settings == {"headers": {"Content-Security-Policy": "frame-ancestors 'self'"},
                                     "websocket_max_message_size": 1234}  # the harmless ones stay
 
@@ -792,6 +798,7 @@ JOB_MUTATIONS: list[tuple[str, Callable[[str], str], Callable[[Job], None], str]
         "        app.disable_check_xsrf = False\n",
         '        app.local_hostnames = ["localhost"]\n',
         "        app.authenticate_prometheus = True  # /metrics too wants the token\n",
+        "        app.cookie_secret = os.urandom(32)\n",
         "        app.tornado_settings = settings\n",
     )],
     ("config enforced: Access-Control headers dropped",

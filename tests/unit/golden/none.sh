@@ -68,6 +68,7 @@ export JUPYTER_TOKEN_FILE="$HPCLAB_DIR/token"
 ( umask 077 && mkdir "$hpclab_runtime/config" && {
   printf 'TOKEN_FILE = %s\n' "$(hpclab_json "$JUPYTER_TOKEN_FILE")"
   cat <<'HPCLAB_CONFIG'
+import os
 from urllib.parse import urlparse
 
 from jupyter_server.auth.identity import PasswordIdentityProvider
@@ -75,7 +76,7 @@ from jupyter_server.auth.identity import PasswordIdentityProvider
 # tornado_settings keys that override the server's own settings of the same name
 HPCLAB_OVERRIDDEN = ("allow_origin", "allow_origin_pat", "allow_credentials", "disable_check_xsrf",
                      "xsrf_cookies", "allow_remote_access", "local_hostnames", "identity_provider",
-                     "authenticate_prometheus")
+                     "authenticate_prometheus", "cookie_secret")
 
 
 def hpclab_foreign(handler):
@@ -103,6 +104,9 @@ class HpclabIdentityProvider(PasswordIdentityProvider):
         app.disable_check_xsrf = False
         app.local_hostnames = ["localhost"]
         app.authenticate_prometheus = True  # /metrics too wants the token
+        # a secret of this server alone signs its login cookies: one a config file sets (or a
+        # cookie_secret_file kept between sessions) would let whoever knows it forge a login
+        app.cookie_secret = os.urandom(32)
         settings = {k: v for k, v in app.tornado_settings.items() if k not in HPCLAB_OVERRIDDEN}
         headers = settings.get("headers") or {}
         settings["headers"] = {k: v for k, v in headers.items() if not k.lower().startswith("access-control-")}
