@@ -8,7 +8,9 @@ The same with a second real user and real OpenSSH is in tests/e2e/test_laptop.py
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -268,10 +270,16 @@ def test_no_forward_to_a_node_port_once_its_jupyter_has_exited(local: Local) -> 
     """The job wrote its end marker (Jupyter exited) and the scheduler still shows the job: in tcp
     mode the node's port may be anyone's by now, so attach forwards nothing and says why."""
     sid, port, _ = up(local)
+    job = int((local.sessions_dir() / sid / "job.sh.pid").read_text())
     local.remote.close()  # the forward is gone: attach would have to open it again
     (local.sessions_dir() / sid / "ended.json").write_text('{"reason": "exited", "exit_code": 0}\n')
-    rc, _, err = local.hpclab("attach", sid, "--detach", "--no-browser")
-    assert rc == 7 and "Jupyter has exited" in err, err
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", port)) != 0
-    assert local.json("list") == []  # forgotten, its files removed
+    try:
+        rc, _, err = local.hpclab("attach", sid, "--detach", "--no-browser")
+        assert rc == 7 and "Jupyter has exited" in err, err
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+        assert local.json("list") == []  # forgotten, its files removed
+    finally:
+        # A real job ends right after its end marker; this one was only told it had: end it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job, signal.SIGKILL)
