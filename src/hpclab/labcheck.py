@@ -11,13 +11,11 @@ of another origin would, and stops the session when either gets anything.
 
 from __future__ import annotations
 
-import http.client
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import UnsafeLabError
-from .tunnel import listener_uid
+from .tunnel import request
 
 # Authenticated, and not counted as activity by the idle shutdown.
 PATH = "/api/status"
@@ -39,23 +37,11 @@ Ask = Callable[[str, str, dict[str, str]], Answer]  # (method, path, headers) ->
 
 
 def http_ask(port: int, timeout: float = 10.0) -> Ask:
-    """Requests to the lab through the local forward on `port`."""
+    """Requests to the lab through the local forward on `port` (tunnel.request: only to a
+    listener of this user's)."""
     def ask(method: str, path: str, headers: dict[str, str]) -> Answer:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        try:
-            conn.connect()
-            assert conn.sock is not None
-            owner = listener_uid(conn.sock)
-            if owner is not None and owner != os.getuid():
-                return Answer(None)  # not hpclab's forward (see tunnel.probe): nothing is sent
-            conn.request(method, path, headers=headers)
-            resp = conn.getresponse()
-            resp.read()
-            return Answer(resp.status, tuple(resp.getheaders()))
-        except (OSError, http.client.HTTPException):
-            return Answer(None)
-        finally:
-            conn.close()
+        answer = request(port, method, path, headers, timeout)
+        return Answer(answer[0], tuple(answer[1])) if answer else Answer(None)
     return ask
 
 

@@ -212,6 +212,7 @@ class SshRemote(Remote):
         via: SshRemote | None = None,
         counters: Counters | None = None,
         notify: Callable[[str], None] | None = None,
+        key_options: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self.host = host
         self.ssh_options = tuple(ssh_options)
@@ -223,12 +224,15 @@ class SshRemote(Remote):
         self._logged_in_at: float | None = None  # when this object's master last authenticated
         self._relogged_at: float | None = None  # ... the last time that replaced a lost master
         self._refused: ConnectError | None = None  # a login that failed is not tried again
+        # Host-key options the master needs (a node's key published by the login node), asked
+        # for only when a master is made: a command over a live master needs none of them.
+        self._key_options = key_options
         key = "\0".join((host, *self.ssh_options, via.control_path if via else ""))
         self.control_path: str = str(control_dir / hashlib.sha256(key.encode()).hexdigest()[:16])
 
     # -- argv building -----------------------------------------------------------------
 
-    def _base(self, *, mux_only: bool = False) -> list[str]:
+    def _base(self, *, mux_only: bool = False, extra: Sequence[str] = ()) -> list[str]:
         """ssh, hpclab's options first (ssh takes the first value of an option), then the user's.
         `mux_only`: through the master or not at all (commands, forwards); otherwise how to make
         the master itself (for a node: through the login master, whatever the user's options say)."""
@@ -242,11 +246,12 @@ class SshRemote(Remote):
             words[-3] = "%h:%p"  # argv_for ends with: -W HOST:PORT -- host
             # A node is reached with the keys the user already has: never a prompt of its own.
             argv += ["-o", "BatchMode=yes", "-o", "ProxyCommand=" + " ".join(words)]
-        return [*argv, *self.ssh_options, "-o", f"ControlPath={self.control_path}"]
+        return [*argv, *self.ssh_options, *extra, "-o", f"ControlPath={self.control_path}"]
 
     def master_argv(self) -> list[str]:
         """The ssh that authenticates and becomes the master (it forks into the background)."""
-        return [*self._base(), *MASTER_OPTIONS, "-f", "-N", "--", self.host]
+        extra = self._key_options() if self._key_options else ()
+        return [*self._base(extra=extra), *MASTER_OPTIONS, "-f", "-N", "--", self.host]
 
     def argv_for(self, extra: Sequence[str]) -> list[str]:
         """ssh argv through this master and only through it: `ssh OPTS EXTRA -- HOST`."""
@@ -329,9 +334,11 @@ class SshRemote(Remote):
 
     def hop(self, dest: str) -> SshRemote:
         # The node's host key may be one the verified login node publishes (hostkeys.py): added
-        # to what the user's configuration trusts, never relaxed.
-        extra = hostkeys.for_node(self, dest, ["ssh", *SAFE_OPTIONS, *self.ssh_options], self.control_dir)
-        return SshRemote(dest, (*self.ssh_options, *extra), self.control_dir, via=self)
+        # to what the user's configuration trusts, never relaxed; read when the node's master is made.
+        def key_options() -> list[str]:
+            return hostkeys.for_node(self, dest, ["ssh", *SAFE_OPTIONS, *self.ssh_options], self.control_dir)
+
+        return SshRemote(dest, self.ssh_options, self.control_dir, via=self, key_options=key_options)
 
     # -- commands ----------------------------------------------------------------------
 

@@ -67,14 +67,14 @@ def listener_uid(client: socket.socket, proc_net_tcp: Path = KERNEL_SOCKETS) -> 
     return None
 
 
-def probe(port: int, token: str, timeout: float = 3.0) -> int | None:
-    """HTTP status of an authenticated GET /api/status through the forward, or None when
-    nothing answers. /api/status does not count as activity for the idle shutdown.
+def request(port: int, method: str, path: str, headers: dict[str, str],
+            timeout: float = 3.0) -> tuple[int, list[tuple[str, str]]] | None:
+    """(status, headers) of one HTTP request to 127.0.0.1:`port`, or None when nothing answers.
 
-    The token is sent only when the port's listener is one of this user's processes, as the
+    The request is sent only when the port's listener is one of this user's processes, as the
     kernel says for this very connection (on Linux): a port another user took over after the
-    forward died gets a connection and no request. Elsewhere the caller's proof (Tunnel.hold)
-    is all there is."""
+    forward died gets a connection and no request (so no token). Elsewhere the caller's proof
+    (Tunnel.hold) is all there is."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.connect()
@@ -83,12 +83,21 @@ def probe(port: int, token: str, timeout: float = 3.0) -> int | None:
         if owner is not None and owner != os.getuid():
             log.warning("127.0.0.1:%s belongs to uid %s, not to this user: nothing sent", port, owner)
             return None
-        conn.request("GET", "/api/status", headers={"Authorization": f"token {token}"})
-        return conn.getresponse().status
+        conn.request(method, path, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheaders()
     except (OSError, http.client.HTTPException):
         return None
     finally:
         conn.close()
+
+
+def probe(port: int, token: str, timeout: float = 3.0) -> int | None:
+    """HTTP status of an authenticated GET /api/status through the forward (see request), or
+    None when nothing answers. /api/status does not count as activity for the idle shutdown."""
+    answer = request(port, "GET", "/api/status", {"Authorization": f"token {token}"}, timeout)
+    return answer[0] if answer else None
 
 
 def wait_ready(port: int, token: str, timeout: float) -> bool:

@@ -20,8 +20,9 @@ import pytest
 
 from conftest import Local
 from hpclab.errors import ConfigError, ForwardTaken, MasterGone
-from hpclab.paths import private_dir
+from hpclab.paths import Paths, private_dir
 from hpclab.remote import NO_MASTER, LocalRemote, SshRemote
+from hpclab.session import Attachment, Context
 from hpclab.tunnel import listener_uid, probe, wait_ready
 
 
@@ -112,9 +113,6 @@ def test_after_an_ended_attach_the_old_port_is_no_longer_the_lab(local: Local) -
     sid, port, _ = up(local)
     local.remote.close()
     attachment_doc = local.json("attach", sid, "--detach", "--no-browser")
-    from hpclab.paths import Paths
-    from hpclab.session import Attachment, Context
-
     ctx = Context(Paths.from_env(dict(os.environ)), lambda host, opts: local.remote)
     attachment = Attachment(ctx, sid)
     attachment.detach()  # what Ctrl-C in `hpclab attach` does

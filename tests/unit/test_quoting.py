@@ -332,15 +332,8 @@ def test_version_tuple_orders_like_the_release(major: int, minor: int, patch: in
     assert (got < launch.MIN_JUPYTER_SERVER) == ((major, minor) < launch.MIN_JUPYTER_SERVER)
 
 
-class _NoTunnel:
-    def __init__(self, *args: object) -> None:
-        pass
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+def _no_forward(cluster: object, rec: object, port: int) -> int:
+    return port  # as if the forward were open: nothing is bound
 
 
 @pytest.mark.parametrize(("version", "warned"), [("2.17.0", True), ("2.1rc8", True), ("2.0.0", True),
@@ -351,7 +344,7 @@ def test_old_jupyter_server_is_flagged_with_how_to_upgrade(tmp_path: Path, versi
     up = launch.Launch(ctx, Profile(name="p", host="login"))
     rdv = Rendezvous(session=up.record.id, job_id="1", node="node1", user="u", transport="tcp", address="10.0.0.1",
                      port=8888, socket="", pid=1, runtime_dir="/tmp/r", jupyter_server=version)
-    with mock.patch.object(launch, "tunnel_for", _NoTunnel):
+    with mock.patch.object(launch, "open_forward", _no_forward):
         up._open_tunnel(rdv)
     if warned:
         (warning,) = up.warnings
