@@ -174,8 +174,16 @@ def stock_lab(tmp: Path, files: dict[str, str]) -> Iterator[StockLab]:
             found = [p for p in runtime.glob("jpserver-*.json") if p.stat().st_size]
             return json.loads(found[0].read_text()) if found else None
         port = int(wait_for(info, 90, 0.2, "the stock lab's server-info file")["port"])
-        wait_for(lambda: request(port, "/api/status", headers=auth(token)).status in (200, 403), 30, 0.2,
-                 "the stock lab answering")
+
+        def answers() -> bool:
+            # Jupyter Server writes its server-info file before its event loop binds the port
+            # (ServerApp._bind_http_server runs as an io_loop callback), so "refused" means "not yet".
+            assert proc.poll() is None, (tmp / "stock.log").read_text()
+            try:
+                return request(port, "/api/status", headers=auth(token)).status in (200, 403)
+            except ConnectionRefusedError:
+                return False
+        wait_for(answers, 30, 0.2, "the stock lab answering")
         log_text = (tmp / "stock.log").read_text()
         assert "Exception while loading config file" not in log_text, log_text  # every file took effect
         yield StockLab(port, token)
