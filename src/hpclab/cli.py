@@ -230,10 +230,59 @@ def _cmd_complete(args: argparse.Namespace, app: App) -> int:
     return ExitCode.OK
 
 
+def _add_forward(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("forward", parents=[common],
+                       help="forward one more port of a session's node (a dashboard) to 127.0.0.1")
+    p.add_argument("id", help="session id (see hpclab list)")
+    p.add_argument("port", type=int, help="the port on the node")
+    p.add_argument("--local-port", type=int, help="local port (default: the same number if free, else any)")
+    p.set_defaults(func=_cmd_forward)
+
+
+def _cmd_forward(args: argparse.Namespace, app: App) -> int:
+    from .nodeaccess import forward
+
+    ui.forwarded(app.console, forward(app.ctx, args.id, args.port, args.local_port), json_mode=args.json)
+    return ExitCode.OK
+
+
+def _add_ssh_config(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("ssh-config", parents=[common],
+                       help="print an OpenSSH Host block (hpclab-ID) that reaches the session's node")
+    p.add_argument("id", help="session id (see hpclab list)")
+    p.set_defaults(func=_cmd_ssh_config)
+
+
+def _cmd_ssh_config(args: argparse.Namespace, app: App) -> int:
+    from .nodeaccess import ssh_config
+
+    ui.host_block(app.console, ssh_config(app.ctx, args.id), json_mode=args.json)
+    return ExitCode.OK
+
+
+def _add_code(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("code", parents=[common], help="open VS Code (Remote-SSH) on the session's node")
+    p.add_argument("id", help="session id (see hpclab list)")
+    p.add_argument("path", nargs="?", help="folder on the cluster to open")
+    p.add_argument("--yes", action="store_true", help="add hpclab's Include line to ~/.ssh/config without asking")
+    p.set_defaults(func=_cmd_code)
+
+
+def _cmd_code(args: argparse.Namespace, app: App) -> int:
+    from .nodeaccess import code
+
+    def confirm(question: str) -> bool:
+        return args.yes or (sys.stdin.isatty() and input(question + " [y/N] ").strip().lower() in ("y", "yes"))
+
+    ui.opened(app.console, code(app.ctx, args.id, args.path, confirm), json_mode=args.json)
+    return ExitCode.OK
+
+
 # -- main -------------------------------------------------------------------------------------
 
 COMMANDS: Sequence[Callable[[Any, argparse.ArgumentParser], None]] = (
     _add_up, _add_attach, _add_list, _add_stop, _add_url, _add_logs, _add_cleanup, _add_completion,
+    _add_forward, _add_ssh_config, _add_code,
 )
 
 

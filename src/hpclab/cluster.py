@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigError, ProtocolError, RemoteError, SchedulerError
 from .remote import Remote
@@ -343,3 +344,10 @@ def tunnel_for(cluster: Cluster, rec: SessionRecord) -> Tunnel:
     if rec.transport == "socket":
         return Tunnel(cluster.node(rec.node or ""), rec.local_port, rec.socket or "")
     return Tunnel(cluster.login, rec.local_port, f"{rec.address}:{rec.port}")
+
+
+def extra_tunnel(cluster: Cluster, rec: SessionRecord, entry: dict[str, Any]) -> Tunnel:
+    """One of the session's extra forwards (`hpclab forward`): through the node's connection or
+    the login's, as it was made."""
+    via = cluster.node(rec.node or "") if entry.get("via") == "node" else cluster.login
+    return Tunnel(via, int(entry["local_port"]), str(entry["target"]))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import profiles
-from .cluster import Cluster, RemoteSession, Report, quiet, tunnel_for
+from .cluster import Cluster, RemoteSession, Report, extra_tunnel, quiet, tunnel_for
 from .errors import ConfigError, ForwardTaken, HpclabError, JobEndedError, JobFailedError, NotFoundError
 from .paths import Paths
 from .profiles import Profile
@@ -23,6 +23,7 @@ from .redact import redact, register
 from .remote import Counters, Remote, SshRemote
 from .schedulers import JobInfo, JobState
 from .sessiondir import SessionDir
+from .sshconfig import drop_block
 from .state import CorruptRecord, SessionRecord, Store
 from .tunnel import Tunnel, free_local_port, probe, wait_ready
 from .watch import Watch
@@ -116,9 +117,12 @@ def forget(ctx: Context, rec: SessionRecord, cluster: Cluster, *, tunnel: Tunnel
         tunnel = tunnel_for(cluster, rec)
     if tunnel is not None:
         tunnel.close()
+    for entry in rec.forwards:  # `hpclab forward`'s
+        extra_tunnel(cluster, rec, entry).close()
     cluster.remove_session_dir(rec.id)
     ctx.store.delete(rec.id)
     (ctx.paths.state_dir / "open" / f"{rec.id}.html").unlink(missing_ok=True)
+    drop_block(ctx.paths.state_dir, rec)
     ctx.close_unused(cluster)
 
 
@@ -368,6 +372,7 @@ def reattach(ctx: Context, rec: SessionRecord, cluster: Cluster) -> SessionRecor
             tunnel_for(cluster, rec).hold()
             if probe(rec.local_port, rec.token) == 200:
                 ctx.report("tunnel", f"tunnel up on 127.0.0.1:{rec.local_port}")
+                reopen_forwards(ctx, cluster, rec)
                 return rec
         except ForwardTaken:
             ctx.warn(f"127.0.0.1:{rec.local_port} is held by another program: hpclab sends it nothing "
@@ -382,6 +387,7 @@ def reattach(ctx: Context, rec: SessionRecord, cluster: Cluster) -> SessionRecor
                              hint=f"look at `hpclab logs {rec.id}`, or stop it with `hpclab stop {rec.id}`")
     rec.state = "running"
     ctx.store.update(rec.id, local_port=rec.local_port, state=rec.state)
+    reopen_forwards(ctx, cluster, rec)
     moved = f" (was 127.0.0.1:{old}; the old URL no longer works)" if old and old != rec.local_port else ""
     ctx.report("tunnel", f"tunnel up on 127.0.0.1:{rec.local_port}{moved}")
     return rec
@@ -398,6 +404,27 @@ def open_forward(cluster: Cluster, rec: SessionRecord, port: int, tries: int = 5
         except ForwardTaken:
             port = free_local_port()
     raise ForwardTaken(f"no free local port held for session {rec.id} after {tries} tries")
+
+
+def reopen_forwards(ctx: Context, cluster: Cluster, rec: SessionRecord) -> None:
+    """After a reattach: bring the session's extra forwards (`hpclab forward`) back on their
+    local ports; one whose port another program took now is dropped, and the user told."""
+    if not rec.forwards:
+        return
+    kept = []
+    for entry in rec.forwards:
+        try:
+            extra_tunnel(cluster, rec, entry).hold()
+            kept.append(entry)
+        except ForwardTaken:
+            ctx.warn(f"127.0.0.1:{entry['local_port']} (port {entry['node_port']} of {rec.node}) is held by "
+                     f"another program now; `hpclab forward {rec.id} {entry['node_port']}` forwards it again")
+        except HpclabError as exc:
+            log.debug("extra forward %s not restored: %s", entry, exc)
+            kept.append(entry)
+    if kept != rec.forwards:
+        rec.forwards = kept
+        ctx.store.update(rec.id, forwards=kept)
 
 
 # -- cleanup ----------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ class SessionRecord:
     time_limit: int | None = None
     started: float | None = None  # when the job was seen running (epoch seconds)
     jupyter_server: str | None = None
+    # `hpclab forward`: {"node_port", "local_port", "target", "via": "node" | "login"} each
+    forwards: list[dict[str, Any]] = field(default_factory=list)
     version: int = VERSION
 
     @property

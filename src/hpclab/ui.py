@@ -18,6 +18,7 @@ from .units import human
 
 if TYPE_CHECKING:
     from .launch import Ready
+    from .nodeaccess import Forwarded, HostBlock, Opened
     from .session import Listing, Orphan, Stopped
 
 __all__ = ["Console", "mask", "redact", "setup_logging"]
@@ -126,6 +127,8 @@ def summary(rec: SessionRecord, state: str | None = None) -> dict[str, Any]:
         "jupyter_server": rec.jupyter_server,
         "started": rec.started,
         "time_limit": rec.time_limit,
+        "forwards": [{"node_port": f["node_port"], "local_port": f["local_port"],
+                      "url": f"http://127.0.0.1:{f['local_port']}/"} for f in rec.forwards],
     }
 
 
@@ -166,6 +169,9 @@ def listing(console: Console, result: Listing, *, json_mode: bool) -> None:
               lab_url(r["local_port"]) if r["local_port"] else "-"] for r in rows],
             ["ID", "PROFILE", "JOB", "STATE", "NODE", "LEFT", "TUNNEL", "URL"],
         )
+        for r in rows:
+            for f in r["forwards"]:
+                console.result(f"{r['id']}: {f['url']} -> port {f['node_port']} of {r['node']} (hpclab forward)")
 
 
 def stopped(console: Console, results: list[Stopped], *, json_mode: bool) -> None:
@@ -202,3 +208,34 @@ def logs(console: Console, sections: list[tuple[str, str]]) -> None:
         if text.strip():
             console.result(f"==> {name} <==")
             console.result(text.rstrip())
+
+
+def forwarded(console: Console, result: Forwarded, *, json_mode: bool) -> None:
+    """`forward`: one more port of the node."""
+    if json_mode:
+        console.json({"id": result.record.id, "node": result.record.node, "node_port": result.node_port,
+                      "local_port": result.local_port, "url": result.url, "warning": result.warning})
+        return
+    console.warn(result.warning)
+    console.info(f"port {result.node_port} of {result.record.node} is forwarded until the session ends "
+                 f"(hpclab stop {result.record.id} removes it)")
+    console.result(result.url)
+
+
+def host_block(console: Console, result: HostBlock, *, json_mode: bool) -> None:
+    """`ssh-config`: the Host block on stdout, ready to append to ~/.ssh/config."""
+    if json_mode:
+        console.json({"id": result.record.id, "alias": result.alias, "node": result.record.node,
+                      "config": result.text})
+    else:
+        console.result(result.text.rstrip("\n"))
+
+
+def opened(console: Console, result: Opened, *, json_mode: bool) -> None:
+    """`code`: VS Code was started on the session's node."""
+    if json_mode:
+        console.json({"id": result.record.id, "alias": result.alias, "node": result.record.node,
+                      "argv": result.argv, "ssh_config": str(result.config)})
+    else:
+        console.info(f"VS Code opens {result.alias} ({result.record.node}, job {result.record.job_id}); "
+                     f"its host block is in {result.config}")

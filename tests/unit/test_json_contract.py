@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 from conftest import Local
@@ -40,6 +41,14 @@ def test_every_command_prints_the_documented_keys(local: Local) -> None:
     assert set(attached) == session
 
     assert set(local.json("url", up["id"])) == doc["hpclab url --json"]
+
+    with socket.socket() as service:  # a port that listens on "the node" (this machine)
+        service.bind(("127.0.0.1", 0))
+        service.listen()
+        forwarded = local.json("forward", up["id"], str(service.getsockname()[1]))
+    assert set(forwarded) == doc["hpclab forward --json"]
+    (row,) = local.json("list")
+    assert set(row["forwards"][0]) == {"node_port", "local_port", "url"}
 
     (stopped,) = local.json("stop", up["id"])
     assert set(stopped) == doc["hpclab stop --json"]
