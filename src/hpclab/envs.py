@@ -236,36 +236,54 @@ def _argv_word(arg: str) -> str:
 
 
 def launcher(kernel: Kernel) -> str:
-    """The bash script a kernel spec runs with the connection file as $1: it loads the kernel's
-    environment (for this process only) and execs the kernel."""
+    """The bash script a kernel spec runs with the connection file as $1: it reads LIBRARY from
+    KERNEL_LIBRARY (two directories up from its own), loads the kernel's environment (for this
+    process only) and execs the kernel."""
     name = kernel.name
-    head = f"# hpclab kernel {name}: its own environment, then the kernel\n"
+    head = (f"# hpclab kernel {name}: its own environment, then the kernel\n"
+            f'. "${{0%/kernels/*}}/{KERNEL_LIBRARY}" || exit 1\n')
     steps = load_lines(kernel.env, "exit 1")
     if kernel.argv:
         run = "exec " + " ".join(_argv_word(a) for a in kernel.argv) + "\n"
     else:
         run = _PYTHON.format(name=name) + 'exec "$hpclab_py" -m ipykernel_launcher -f "$1"\n'
-    return head + LIBRARY + "".join(line + "\n" for line in steps) + run
+    return head + "".join(line + "\n" for line in steps) + run
+
+
+# LIBRARY for the launchers, next to the kernels/ directory on JUPYTER_PATH.
+KERNEL_LIBRARY = "hpclab-env.sh"
+
+
+def _heredoc(text: str, word: str) -> str:
+    """`text` as the body of a quoted here-document ending at `word`, made longer until no line
+    of the text is the word: the body is then data whatever it holds."""
+    lines = set(text.splitlines())
+    while word in lines:
+        word += "_"
+    return f"<<'{word}' || exit 1\n{text}{word}"
 
 
 def job_kernels(kernels: tuple[Kernel, ...]) -> str:
     """The job's part after its safety settings: each kernel's spec and launcher in the private
-    runtime dir ($hpclab_runtime/share/kernels/NAME), and that dir first on JUPYTER_PATH ('' for
-    no kernels). kernel.json is JSON made by hpclab_json and json.dumps; the launcher is written
-    with printf from one quoted word, so no name or path reaches the shell as code."""
+    runtime dir ($hpclab_runtime/share/kernels/NAME), and that share/ first on JUPYTER_PATH ('' for
+    no kernels). Launchers are quoted here-documents; kernel.json is JSON from hpclab_json and
+    json.dumps: no name, path or title reaches the shell as code."""
     if not kernels:
         return ""
-    out = ['# Kernels from the profile: specs and launchers in the private runtime dir, first on JUPYTER_PATH.',
-           '( umask 077 && mkdir -p "$hpclab_runtime/share/kernels" ) || exit 1']
+    out = ["# Kernels from the profile: specs and launchers in the private runtime dir, first on JUPYTER_PATH.",
+           f'( umask 077 && mkdir -p "$hpclab_runtime/share/kernels" && cat > "$hpclab_runtime/share/{KERNEL_LIBRARY}" ) '
+           + _heredoc(LIBRARY, "HPCLAB_ENV")]
     for k in kernels:
-        d = f'"$hpclab_runtime/share/kernels/"{shlex.quote(k.name)}'
-        out.append(
-            f"( umask 077 && mkdir {d} && printf '%s' {shlex.quote(launcher(k))} > {d}/launch && "
-            f"printf '{{\"argv\": [%s, %s, \"{CONNECTION_FILE}\"], \"display_name\": %s, \"language\": %s, "
-            f"\"metadata\": {{\"hpclab\": true}}}}\\n' "
-            f'"$(hpclab_json "$BASH")" "$(hpclab_json {d}/launch)" '
-            f"{shlex.quote(json.dumps(k.title))} {shlex.quote(json.dumps(k.language))} > {d}/kernel.json ) || exit 1"
-        )
+        out += [
+            f'hpclab_kernel="$hpclab_runtime/share/kernels/"{shlex.quote(k.name)}',
+            '( umask 077 && mkdir "$hpclab_kernel" && cat > "$hpclab_kernel/launch" ) '
+            + _heredoc(launcher(k), "HPCLAB_KERNEL"),
+            f"( umask 077 && printf '{{\"argv\": [%s, %s, \"{CONNECTION_FILE}\"], \"display_name\": %s, "
+            f"\"language\": %s, \"metadata\": {{\"hpclab\": true}}}}\\n' "
+            f'"$(hpclab_json "$BASH")" "$(hpclab_json "$hpclab_kernel/launch")" '
+            f'{shlex.quote(json.dumps(k.title))} {shlex.quote(json.dumps(k.language))} > "$hpclab_kernel/kernel.json" ) '
+            "|| exit 1",
+        ]
     out.append('export JUPYTER_PATH="$hpclab_runtime/share${JUPYTER_PATH:+:$JUPYTER_PATH}"')
     return "\n".join(out) + "\n"
 
@@ -274,10 +292,8 @@ def job_kernels(kernels: tuple[Kernel, ...]) -> str:
 
 PROBE_MARK = "@@hpclab-env"
 
-# Run with bash (e.g. `bash -s` with the program on stdin). Each step prints one line
-# "@@hpclab-env {json}"; the last line is "@@hpclab-env {"step": "end"}". Banners of rc files
-# and anything the environment prints are not such lines. The step's stderr becomes its "error".
-_PROBE_HEAD = r"""hpclab_json() {
+# The same as jobscript BODY's hpclab_json: $1 as a JSON string, whatever it holds.
+JSON_FUNCTION = r"""hpclab_json() {
   local s=$1 out= c i
   for (( i = 0; i < ${#s}; i++ )); do
     c=${s:i:1}
@@ -290,7 +306,12 @@ _PROBE_HEAD = r"""hpclab_json() {
   done
   printf '"%s"' "$out"
 }
-hpclab_err=$(mktemp "${TMPDIR:-/tmp}/hpclab-probe.XXXXXX") || exit 1
+"""
+
+# Run with bash (e.g. `bash -s` with the program on stdin). Each step prints one line
+# "@@hpclab-env {json}"; the last line is "@@hpclab-env {"step": "end"}". Banners of rc files
+# and anything the environment prints are not such lines. The step's stderr becomes its "error".
+_PROBE_HEAD = JSON_FUNCTION + r"""hpclab_err=$(mktemp "${TMPDIR:-/tmp}/hpclab-probe.XXXXXX") || exit 1
 trap 'rm -f "$hpclab_err"' EXIT
 hpclab_report() {  # step kernel what ok detail: one line, the step's stderr as its error
   printf '%s {"step": %s, "kernel": %s, "what": %s, "ok": %s, "detail": %s, "error": %s}\n' "$MARK" \
