@@ -69,7 +69,7 @@ def run_in(url: str, code: str, kernel: str) -> str:
 
 
 def test_lab_from_modules_alone_with_kernels_from_other_environments(hpclab: Hpclab, conda_standin: Path) -> None:
-    before = user_kernels()
+    before, had_dir = user_kernels(), (JUPYTER_DATA / "kernels").is_dir()
     hpclab.write_config(config(
         'modules = ["jupyter"]\n'
         f'env = {{ CONDA_EXE = "{conda_standin}" }}\n'
@@ -77,6 +77,18 @@ def test_lab_from_modules_alone_with_kernels_from_other_environments(hpclab: Hpc
         f'  {{ name = "env2", venv = "{ENV2}", display_name = "Env 2 \\"tabulate\\" </b>" }},\n'
         '  { name = "bio", conda = "bio" },\n'
         ']\n'))
+    try:
+        lab_with_kernels(hpclab, conda_standin)
+    finally:  # a session's kernels written into the user's own Jupyter directory would stay there
+        for name in set(user_kernels()) - set(before):
+            shutil.rmtree(JUPYTER_DATA / "kernels" / name)
+        if not had_dir and (JUPYTER_DATA / "kernels").is_dir() and not user_kernels():
+            (JUPYTER_DATA / "kernels").rmdir()
+    assert user_kernels() == before
+
+
+def lab_with_kernels(hpclab: Hpclab, conda_standin: Path) -> None:
+    before = user_kernels()
     info = hpclab.json("up", "testcluster", "--detach", "--no-browser")
     assert info["state"] == "running"
 
