@@ -76,6 +76,7 @@ def test_lab_from_modules_alone_with_kernels_from_other_environments(hpclab: Hpc
         'kernels = [\n'
         f'  {{ name = "env2", venv = "{ENV2}", display_name = "Env 2 \\"tabulate\\" </b>" }},\n'
         '  { name = "bio", conda = "bio" },\n'
+        '  { name = "envmod", modules = ["env2"] },\n'
         ']\n'))
     try:
         lab_with_kernels(hpclab, conda_standin)
@@ -93,7 +94,7 @@ def lab_with_kernels(hpclab: Hpclab, conda_standin: Path) -> None:
     assert info["state"] == "running"
 
     specs = lab_api(info["url"], "/api/kernelspecs")["kernelspecs"]
-    assert {"env2", "bio"} <= set(specs)
+    assert {"env2", "bio", "envmod"} <= set(specs)
     assert specs["env2"]["spec"]["display_name"] == 'Env 2 "tabulate" </b>'
     rdv = json.loads((Path("/home") / tc("TC_USER") / ".hpclab" / "sessions" / info["id"] / "rendezvous.json")
                      .read_text())
@@ -114,6 +115,8 @@ def lab_with_kernels(hpclab: Hpclab, conda_standin: Path) -> None:
     out = run_in(info["url"], "import os, tabulate\n"
                  "print(os.environ['CONDA_DEFAULT_ENV'], os.environ['CONDA_PREFIX'])", kernel="bio")
     assert out.strip() == f"bio {conda_standin.parent.parent}/envs/bio"
+    out = run_in(info["url"], "import sys, tabulate; print(sys.prefix)", kernel="envmod")  # Lmod's env2 module
+    assert out.strip() == ENV2
 
     tcx(rdv["node"], ["test", "-f", launcher])
     assert hpclab("stop", info["id"]).returncode == 0
