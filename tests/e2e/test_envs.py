@@ -1,6 +1,6 @@
 """Environments as profile keys on the real test cluster: JupyterLab from the Lmod module `jupyter`
-alone (no setup line), kernels from other environments run in the browser, and an environment
-that does not load ending the job with a clear error.
+alone (no setup line), kernels from other environments run in the browser, JupyterLab from a
+conda environment, and an environment that does not load ending the job with a clear error.
 
 Real parts: Lmod and its module tree, the second environment /opt/hpclab-env2 (the only one with
 `tabulate`), SLURM, JupyterLab, Chromium. conda cannot be installed here: the conda environment
@@ -30,7 +30,8 @@ JUPYTER_DATA = Path("/home") / "hpcuser" / ".local" / "share" / "jupyter"
 @pytest.fixture
 def conda_standin() -> Iterator[Path]:
     """The conda stand-in in the test user's home, with an environment `bio` whose python is
-    env2's (so it has ipykernel and tabulate); its bin/conda path is returned."""
+    env2's (so it has ipykernel and tabulate) and one, `lab`, whose jupyter is the cluster's;
+    its bin/conda path is returned."""
     user = tc("TC_USER")
     root = Path("/home") / user / f".hpclab-conda-standin-{os.urandom(4).hex()}"
     try:
@@ -41,6 +42,14 @@ def conda_standin() -> Iterator[Path]:
         (bio / "bin").mkdir()
         (bio / "bin" / "python").write_text(f'#!/bin/sh\nexec {ENV2}/bin/python "$@"\n')
         (bio / "bin" / "python").chmod(0o755)
+        # an environment `lab` whose jupyter notes the environment it was started in
+        lab = root / "envs" / "lab"
+        (lab / "conda-meta").mkdir(parents=True)
+        (lab / "bin").mkdir()
+        (lab / "bin" / "jupyter").write_text(
+            '#!/bin/sh\necho "$CONDA_DEFAULT_ENV $CONDA_PREFIX" > "$CONDA_PREFIX/started-in"\n'
+            f'exec {tc("TC_JUPYTER_VENV")}/bin/jupyter "$@"\n')
+        (lab / "bin" / "jupyter").chmod(0o755)
         subprocess.run(["chown", "-R", f"{user}:{user}", str(root)], check=True)
         yield root / "bin" / "conda"
     finally:
@@ -123,6 +132,15 @@ def lab_with_kernels(hpclab: Hpclab, conda_standin: Path) -> None:
     # the specs and launchers went with the session's private runtime dir
     assert tcx(rdv["node"], ["test", "-e", launcher], check=False).returncode == 1
     assert user_jobs(tc("TC_USER")) == []
+
+
+def test_lab_from_a_conda_environment(hpclab: Hpclab, conda_standin: Path) -> None:
+    hpclab.write_config(config(f'conda = "lab"\nenv = {{ CONDA_EXE = "{conda_standin}" }}\n'))
+    info = hpclab.json("up", "testcluster", "--detach", "--no-browser")
+    assert info["state"] == "running"
+    prefix = conda_standin.parent.parent / "envs" / "lab"
+    assert (prefix / "started-in").read_text() == f"lab {prefix}\n"
+    assert hpclab("stop", info["id"]).returncode == 0
 
 
 @pytest.mark.parametrize(("extra", "says"), [
