@@ -10,15 +10,18 @@ and `activate`), copied into the test user's home for the test and removed after
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab import Hpclab, hpclab, lab_api, profile_text, run_cell, session_dirs, tc, tcx, user_jobs
+from lab import URL_RE, Hpclab, hpclab, lab_api, profile_text, run_cell, session_dirs, tc, tcx, user_jobs, wait_for
 
 __all__ = ["hpclab"]
 
@@ -77,6 +80,17 @@ def run_in(url: str, code: str, kernel: str) -> str:
             lab_api(url, f"/api/sessions/{session['id']}", method="DELETE")
 
 
+def start_kernel(url: str, name: str) -> None:
+    """POST /api/kernels for kernel spec `name`; a kernel that dies at once may or may not be refused."""
+    m = URL_RE.search(url)
+    assert m, url
+    req = urllib.request.Request(f"http://127.0.0.1:{m.group(1)}/api/kernels", method="POST",
+                                 data=json.dumps({"name": name}).encode(),
+                                 headers={"Authorization": f"token {m.group(2)}", "Content-Type": "application/json"})
+    with contextlib.suppress(urllib.error.HTTPError), urllib.request.urlopen(req, timeout=60):
+        pass
+
+
 def test_lab_from_modules_alone_with_kernels_from_other_environments(hpclab: Hpclab, conda_standin: Path) -> None:
     before, had_dir = user_kernels(), (JUPYTER_DATA / "kernels").is_dir()
     hpclab.write_config(config(
@@ -86,6 +100,7 @@ def test_lab_from_modules_alone_with_kernels_from_other_environments(hpclab: Hpc
         f'  {{ name = "env2", venv = "{ENV2}", display_name = "Env 2 \\"tabulate\\" </b>" }},\n'
         '  { name = "bio", conda = "bio" },\n'
         '  { name = "envmod", modules = ["env2"] },\n'
+        '  { name = "noipy", modules = ["python"] },\n'
         ']\n'))
     try:
         lab_with_kernels(hpclab, conda_standin)
@@ -126,6 +141,12 @@ def lab_with_kernels(hpclab: Hpclab, conda_standin: Path) -> None:
     assert out.strip() == f"bio {conda_standin.parent.parent}/envs/bio"
     out = run_in(info["url"], "import sys, tabulate; print(sys.prefix)", kernel="envmod")  # Lmod's env2 module
     assert out.strip() == ENV2
+
+    # an environment without ipykernel: the kernel says so (in the job's error output), and dies
+    start_kernel(info["url"], "noipy")
+    err = Path("/home") / tc("TC_USER") / ".hpclab" / "sessions" / info["id"] / "job.err"
+    wait_for(lambda: "hpclab: kernel noipy: ipykernel is not installed in its environment" in err.read_text(), 60,
+             what="the kernel's error")
 
     tcx(rdv["node"], ["test", "-f", launcher])
     assert hpclab("stop", info["id"]).returncode == 0
