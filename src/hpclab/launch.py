@@ -17,9 +17,19 @@ import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from . import jobscript, labcheck
+from . import apps, jobscript, labcheck
 from .cluster import Snapshot, tunnel_for
-from .errors import HpclabError, Interrupted, JobFailedError, LoginRefused, MaxWaitError, Unreachable, UnsafeLabError
+from .errors import (
+    ConfigError,
+    HpclabError,
+    Interrupted,
+    JobFailedError,
+    LoginRefused,
+    MaxWaitError,
+    ProtocolError,
+    Unreachable,
+    UnsafeLabError,
+)
 from .options import JOB_KEYS
 from .profiles import Profile
 from .redact import redact, register
@@ -74,6 +84,7 @@ def new_record(profile: Profile) -> SessionRecord:
         token=secrets.token_urlsafe(32),  # 256 bits
         created=time.time(),
         time_limit=profile.time,
+        app=profile.app,
     )
 
 
@@ -132,6 +143,10 @@ class Launch:
 
     def run(self) -> Ready:
         rec, cluster, t = self.record, self.cluster, self.timings
+        app = apps.get(rec.app)
+        if app.tcp_args is None and rec.transport == "tcp":
+            raise ConfigError(f"{app.name} listens only on a unix socket on the node, so it needs transport "
+                              "socket (or auto, where the node allows SSH)", hint="drop transport = tcp for it")
         self.store.save(rec)
         start = time.monotonic()
         self.report("connect", f"connecting to {rec.host}")
@@ -157,14 +172,14 @@ class Launch:
         self._open_tunnel(rdv)
         start = t.mark("tunnel", start)
         self.report("tunnel", f"tunnel up on 127.0.0.1:{rec.local_port}")
-        if not wait_ready(rec.local_port or 0, rec.token, timeout=60):
-            raise JobFailedError("Jupyter started but does not answer through the tunnel",
+        if not wait_ready(rec.local_port or 0, rec.token, timeout=60, app=rec.app):
+            raise JobFailedError(f"{app.title} started but does not answer through the tunnel",
                                  hint=self._err_tail() or None)
-        labcheck.check(rec.local_port or 0, rec.token)  # refuses a lab that answers without the token
+        labcheck.check(rec.local_port or 0, rec.token, app=rec.app)  # refuses a lab open without its secret
         t.mark("ready", start)
         rec.state = "running"
         self.store.save(rec)
-        self.report("ready", "JupyterLab answers through the tunnel")
+        self.report("ready", f"{app.title} answers through the tunnel")
         return Ready(rec, t, self.cluster.login.counters, tuple(self.warnings))
 
     def watch(self) -> None:
@@ -183,6 +198,7 @@ class Launch:
         opts = jobscript.JobOptions(
             session_id=rec.id, transport=rec.transport, setup=profile.setup,
             notebook_dir=profile.notebook_dir, idle_timeout=profile.idle_timeout, env=profile.env,
+            app=rec.app,
         )
         template = jobscript.read_template(profile.template) if profile.template else None
         script = jobscript.render(self.cluster.scheduler, spec, opts, template)
@@ -260,6 +276,10 @@ class Launch:
             rec.transport = "tcp" if refused else "socket"
             self.report("transport", f"transport: {rec.transport}" +
                         (f" (the node refuses SSH: {refused})" if refused else ""))
+            if refused and apps.get(rec.app).tcp_args is None:
+                raise LoginRefused(f"{rec.app} needs SSH to the compute node {rec.node}, which refuses it: {refused}",
+                                   hint="code-server listens only on a unix socket on the node; "
+                                        "use JupyterLab there, or ask the site to allow SSH to nodes")
             if refused:
                 self.ctx.warn(f"the lab listens on {rec.node}'s network address (transport tcp): {refused}. "
                               "Other users of the cluster can reach its port; the token keeps them out")
@@ -271,6 +291,9 @@ class Launch:
         rec.node = rdv.node
         rec.transport = rdv.transport
         rec.jupyter_server = rdv.jupyter_server or None
+        rec.app_version = rdv.app_version or None
+        if rdv.app != rec.app:
+            raise ProtocolError(f"the job runs {rdv.app}, not the {rec.app} it was asked for")
         if rec.transport == "socket":
             rec.socket = rdv.socket
         else:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import apps
 from .schedulers import names as scheduler_names
 from .units import is_memory, parse_duration, parse_walltime
 
@@ -239,6 +240,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("walltime_warnings", _durations, "warn this long before the time limit, e.g. ['10m', '2m']"),
     Option("template", _local_file, "a site's job script frame with {directives} and {body}"),
     Option("env", _env, "environment variables for the job"),
+    Option("app", _choice(apps.names), "what the session runs: " + ", ".join(apps.names()), flag=True,
+           choices=apps.names()),
 )
 
 BY_KEY = {o.key: o for o in OPTIONS}

@@ -181,7 +181,8 @@ while [ -z "$hpclab_version" ]; do
     hpclab_port=$(sed -n 's/^ *"port": *\([0-9]*\).*/\1/p' "$hpclab_info")
   done
 done
-hpclab_write rendezvous.json "{\"version\": 1, \"session\": \"$HPCLAB_SESSION\", \"job_id\": $(hpclab_json "$HPCLAB_JOB_ID"), \"node\": $(hpclab_json "$(hostname)"), \"user\": $(hpclab_json "$(id -un)"), \"transport\": \"$hpclab_mode\", \"address\": $(hpclab_json "$hpclab_addr"), \"port\": ${hpclab_port:-0}, \"socket\": $(hpclab_json "$hpclab_sock"), \"pid\": $hpclab_pid, \"runtime_dir\": $(hpclab_json "$hpclab_runtime"), \"jupyter_server\": $(hpclab_json "$hpclab_version")}"
+hpclab_jupyter_server=$hpclab_version
+hpclab_write rendezvous.json "{\"version\": 1, \"session\": \"$HPCLAB_SESSION\", \"job_id\": $(hpclab_json "$HPCLAB_JOB_ID"), \"node\": $(hpclab_json "$(hostname)"), \"user\": $(hpclab_json "$(id -un)"), \"transport\": \"$hpclab_mode\", \"address\": $(hpclab_json "$hpclab_addr"), \"port\": ${hpclab_port:-0}, \"socket\": $(hpclab_json "$hpclab_sock"), \"pid\": $hpclab_pid, \"runtime_dir\": $(hpclab_json "$hpclab_runtime"), \"jupyter_server\": $(hpclab_json "$hpclab_jupyter_server"), \"app\": \"jupyterlab\", \"app_version\": $(hpclab_json "$hpclab_version")}"
 
 while :; do
   wait "$hpclab_pid"; hpclab_rc=$?
