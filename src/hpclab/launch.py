@@ -253,7 +253,7 @@ class Launch:
                 raise self._failed(snap.job, snap.ended)
             snap = cluster.poll(rec.id, 5.0, False, rec.job_id)
             self.timings.scheduler_queries += 1
-        self.report("jupyter", "Jupyter is up")
+        self.report("jupyter", f"{apps.get(rec.app).server} is up")
         return snap.rendezvous
 
     def _prepare_node(self) -> None:
@@ -322,7 +322,7 @@ class Launch:
         why = job.state.reason if job and job.state.ended else "the job ended"
         tail = self._err_tail()
         code = ended.exit_code if ended else None
-        msg = f"job {rec.job_id} ended before Jupyter was ready: {why}"
+        msg = f"job {rec.job_id} ended before {apps.get(rec.app).server} was ready: {why}"
         if code not in (None, 0):
             msg += f" (exit status {code})"
         return JobFailedError(msg, hint=("last lines of the job's error output:\n" + tail) if tail else

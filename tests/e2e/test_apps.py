@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lab import Hpclab, hpclab, profile_text, tc, tcx, wait_for
+from lab import Hpclab, hpclab, profile_text, session_dirs, tc, tcx, user_jobs, wait_for
 
 __all__ = ["hpclab"]
 
@@ -85,7 +85,7 @@ def test_notebook_app_opens_its_tree_page_and_keeps_the_token(hpclab: Hpclab) ->
 
 
 def code_server_profile(hpclab: Hpclab, **extra: Any) -> None:
-    hpclab.write_config(profile_text(app="code-server", setup=CODE_SERVER_SETUP, **extra))
+    hpclab.write_config(profile_text(**{"app": "code-server", "setup": CODE_SERVER_SETUP, **extra}))
 
 
 @contextlib.contextmanager
@@ -198,6 +198,28 @@ def test_code_server_workbench_opens_logged_in_and_its_terminal_runs_on_the_node
         finally:
             tcx("login", ["rm", "-f", str(marker)], check=False)
         hpclab("stop", info["id"])
+
+
+def test_up_stops_a_code_server_that_a_wrapper_opened(hpclab: Hpclab) -> None:
+    """A `code-server` earlier on PATH that adds --auth none (a site wrapper, a setup line's):
+    hpclab's own config cannot undo a command-line option, so its check before "ready" must
+    see / served without the password, stop the job and leave nothing."""
+    user = tc("TC_USER")
+    wrap = Path("/home") / user / f"tc-e2e-wrap-{secrets.token_hex(4)}"
+    try:
+        wrap.mkdir()
+        (wrap / "code-server").write_text('#!/bin/sh\nexec /opt/hpclab-code-server/bin/code-server "$@" --auth none\n')
+        (wrap / "code-server").chmod(0o755)
+        tcx("login", ["chown", "-R", f"{user}:{user}", str(wrap)])
+        code_server_profile(hpclab, setup=[*CODE_SERVER_SETUP, f"export PATH={shlex.quote(str(wrap))}:$PATH"])
+        with users_code_server_dirs():
+            proc = hpclab("up", "testcluster", "--detach", "--no-browser")
+            assert proc.returncode == 2, proc.stderr
+            assert "code-server does not hold to its password, so hpclab stopped it" in proc.stderr
+            assert "request for / without the password got HTTP 302, not the redirect to the login" in proc.stderr
+            assert user_jobs(user) == [] and session_dirs(user) == []
+    finally:
+        tcx("login", ["rm", "-rf", str(wrap)], check=False)
 
 
 def test_code_server_missing_is_a_job_error(hpclab: Hpclab) -> None:

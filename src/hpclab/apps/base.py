@@ -25,6 +25,7 @@ class Probe:
 class App:
     name = ""  # the `app` value
     title = ""  # for people: "JupyterLab is ready: URL"
+    server = ""  # the program, for people: "the job ended before Jupyter was ready"
     secret_name = "token"  # what the session's secret is to the app: "token" or "password"
     socket_name = ""  # its unix socket's name in the job's private runtime dir
     # bash words of `hpclab_listen=(...)`: on the socket "$hpclab_sock", or on "$hpclab_addr";

@@ -72,6 +72,7 @@ def session_cookie(password: str) -> str:
 class CodeServer(App):
     name = "code-server"
     title = "code-server"
+    server = "code-server"
     secret_name = "password"
     socket_name = "code-server.sock"
     socket_args = '--socket "$hpclab_sock" --socket-mode 600'

@@ -40,6 +40,7 @@ hpclab_jupyter_server=$hpclab_version"""
 class JupyterLab(App):
     name = "jupyterlab"
     title = "JupyterLab"
+    server = "Jupyter"
     subcommand = "lab"
     path = "/lab"
     check = ""  # bash run before the start, after `jupyter` was found
