@@ -335,3 +335,19 @@ def test_up_notebook_without_notebook_installed_is_a_job_error(local: Local) -> 
     rc, _, err = local.hpclab("up", "local", "--app", "notebook", "--no-browser")
     assert rc == 5 and "Jupyter Notebook is not installed" in err, err
     assert os.environ.get("HPCLAB_HOME")  # (the fixture's laptop, not the user's)
+
+
+def test_attach_from_another_computer_finds_a_code_server_session(local: Local) -> None:
+    """The app comes from the job's rendezvous file: a second computer (no local record) attaches
+    to a code-server session as code-server, with its password."""
+    install_fake(local)
+    local.config(CS_PROFILE)
+    up = local.json("up", "cs", "--detach", "--no-browser")
+    for record in (local.state / "state" / "sessions").glob("*.json"):
+        record.unlink()
+    found = local.json("attach", "--profile", "cs", "--detach", "--no-browser")
+    assert (found["id"], found["app"], found["app_version"]) == (up["id"], "code-server", "4.100.3")
+    assert found["url"] == f"http://127.0.0.1:{found['local_port']}/"
+    assert local.json("url", up["id"])["password"] == up["password"]
+    assert probe(found["local_port"], up["password"], app="code-server") == 200
+    local.json("stop", up["id"])
