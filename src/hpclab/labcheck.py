@@ -77,13 +77,6 @@ HINT = (
 )
 
 
-CODE_SERVER_HINT = (
-    "the code-server on the cluster serves without hpclab's password, though hpclab gives it its own config "
-    "file: look for a code-server wrapper, module or setup line that adds --auth none or other options, "
-    "and run `hpclab up` again without it"
-)
-
-
 def check(port: int, token: str, ask: Ask | None = None, app: str = apps.DEFAULT) -> None:
     """Raise UnsafeLabError when the lab behind `port` answers without `token` or lets another
     origin read its answers (an app that is no Jupyter: its own check, see hpclab/apps)."""
@@ -94,7 +87,7 @@ def check(port: int, token: str, ask: Ask | None = None, app: str = apps.DEFAULT
         found = problems(ask, token)
     if found and the_app.secret_name != "token":
         raise UnsafeLabError(f"{the_app.title} does not hold to its {the_app.secret_name}, so hpclab stopped it: "
-                             + "; ".join(found), hint=CODE_SERVER_HINT)
+                             + "; ".join(found), hint=the_app.check_hint)
     if found:
         raise UnsafeLabError("the lab does not hold to its token, so hpclab stopped it: " + "; ".join(found),
                              hint=HINT)

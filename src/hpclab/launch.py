@@ -17,19 +17,9 @@ import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from . import apps, jobscript, labcheck
+from . import apps, errors, jobscript, labcheck
 from .cluster import Snapshot, tunnel_for
-from .errors import (
-    ConfigError,
-    HpclabError,
-    Interrupted,
-    JobFailedError,
-    LoginRefused,
-    MaxWaitError,
-    ProtocolError,
-    Unreachable,
-    UnsafeLabError,
-)
+from .errors import HpclabError, Interrupted, JobFailedError, LoginRefused, MaxWaitError, Unreachable, UnsafeLabError
 from .options import JOB_KEYS
 from .profiles import Profile
 from .redact import redact, register
@@ -145,8 +135,9 @@ class Launch:
         rec, cluster, t = self.record, self.cluster, self.timings
         app = apps.get(rec.app)
         if app.tcp_args is None and rec.transport == "tcp":
-            raise ConfigError(f"{app.name} listens only on a unix socket on the node, so it needs transport "
-                              "socket (or auto, where the node allows SSH)", hint="drop transport = tcp for it")
+            raise errors.ConfigError(f"{app.name} listens only on a unix socket on the node, so it needs "
+                                     "transport socket (or auto, where the node allows SSH)",
+                                     hint="drop transport = tcp for it")
         self.store.save(rec)
         start = time.monotonic()
         self.report("connect", f"connecting to {rec.host}")
@@ -293,7 +284,7 @@ class Launch:
         rec.jupyter_server = rdv.jupyter_server or None
         rec.app_version = rdv.app_version or None
         if rdv.app != rec.app:
-            raise ProtocolError(f"the job runs {rdv.app}, not the {rec.app} it was asked for")
+            raise errors.ProtocolError(f"the job runs {rdv.app}, not the {rec.app} it was asked for")
         if rec.transport == "socket":
             rec.socket = rdv.socket
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import secrets
 import shlex
@@ -107,8 +108,6 @@ def users_code_server_dirs() -> Iterator[None]:
 
 
 def rendezvous(session_id: str) -> dict[str, Any]:
-    import json
-
     path = Path("/home") / tc("TC_USER") / ".hpclab" / "sessions" / session_id / "rendezvous.json"
     return dict(json.loads(path.read_text()))
 
@@ -116,8 +115,11 @@ def rendezvous(session_id: str) -> dict[str, Any]:
 def test_code_server_is_private_and_holds_to_its_password(hpclab: Hpclab) -> None:
     code_server_profile(hpclab)
     with users_code_server_dirs():
-        info = hpclab.json("up", "testcluster", "--detach", "--no-browser")
+        up = hpclab("up", "testcluster", "--detach", "--no-browser", "--json", "--debug")
+        assert up.returncode == 0, up.stderr
+        info = json.loads(up.stdout)
         port, password, node = info["local_port"], info["password"], info["node"]
+        assert password not in up.stderr and "ssh" in up.stderr  # every step logged, the password masked
         assert info["app"] == "code-server" and info["transport"] == "socket" and node in NODES
         assert info["app_version"] == "4.100.3" and info["jupyter_server"] is None
         assert info["url"] == f"http://127.0.0.1:{port}/"

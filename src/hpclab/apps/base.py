@@ -34,6 +34,7 @@ class App:
     tcp_args: str | None = None
     idle = ""  # how the app detects idleness, in words (README)
     check_timeout = 10.0  # seconds the lab check waits for each answer
+    check_hint = ""  # what to do when its own lab check (problems) finds it open
 
     def start(self, notebook_dir: str, listen: str, extra_args: str, secret_file: str) -> str:
         """The bash that checks the app is installed, enters `notebook_dir` (shell-quoted),

@@ -81,6 +81,9 @@ class CodeServer(App):
             "session lasts until its time limit or `hpclab stop`")
     # The first request for / loads VS Code's server before code-server looks at the login.
     check_timeout = 60.0
+    check_hint = ("the code-server on the cluster serves without hpclab's password, though hpclab gives it its "
+                  "own config file: look for a code-server wrapper, module or setup line that adds --auth none "
+                  "or other options, and run `hpclab up` again without it")
 
     def start(self, notebook_dir: str, listen: str, extra_args: str, secret_file: str) -> str:
         return START.format(notebook_dir=notebook_dir, listen=listen, secret_file=secret_file)
