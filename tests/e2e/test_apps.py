@@ -82,6 +82,26 @@ def test_notebook_app_opens_its_tree_page_and_keeps_the_token(hpclab: Hpclab) ->
     assert row["app"] == "notebook" and row["tunnel"] == "up"
 
 
+def test_notebook_app_holds_to_the_token_whatever_the_users_config_says(hpclab: Hpclab) -> None:
+    """hpclab's private Jupyter Server config holds Notebook 7 as it holds the lab: the user's
+    files that open a stock server (no token, any origin) open nothing."""
+    from test_jupyter_config import OPEN_LAB_PY, OPEN_PY, user_jupyter_files
+
+    evil = "http://evil.example"
+    with user_jupyter_files({"jupyter_server_config.py": OPEN_PY, "jupyter_notebook_config.py": OPEN_LAB_PY}):
+        info = hpclab.json("up", "testcluster", "--app", "notebook", "--detach", "--no-browser")
+        port, token = info["local_port"], info["url"].split("token=")[1]
+        assert ask(port, "GET", "/api/contents", {"Authorization": f"token {token}"})[0] == 200  # control
+        for path, headers in (("/api/contents", {}), ("/api/contents?token=", {}),
+                              ("/api/contents", {"Authorization": "token "})):
+            assert ask(port, "GET", path, headers)[0] == 403, (path, headers)
+        status, headers, _ = ask(port, "GET", "/tree")
+        assert status == 302 and headers["location"].startswith("/login")
+        _, headers, _ = ask(port, "GET", "/api/contents", {"Authorization": f"token {token}", "Origin": evil})
+        assert "access-control-allow-origin" not in headers
+        hpclab("stop", info["id"])
+
+
 # -- code-server ------------------------------------------------------------------------------
 
 
