@@ -351,3 +351,25 @@ def test_attach_from_another_computer_finds_a_code_server_session(local: Local) 
     assert local.json("url", up["id"])["password"] == up["password"]
     assert probe(found["local_port"], up["password"], app="code-server") == 200
     local.json("stop", up["id"])
+
+
+def test_auto_transport_on_a_node_that_refuses_ssh_stops_code_server_cleanly(local: Local,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where nodes refuse SSH, auto falls back to tcp for Jupyter; code-server cannot listen there,
+    so up says so (exit 3), and the job is cancelled and its files removed."""
+    from hpclab.errors import LoginRefused
+    from hpclab.remote import LocalRemote
+
+    class RefusingNode(LocalRemote):
+        def connect(self) -> None:
+            raise LoginRefused("Permission denied (publickey)")
+
+    def hop(self: LocalRemote, dest: str) -> LocalRemote:
+        return RefusingNode(self.home, dest, env=self.env, counters=self.counters, via=self)
+
+    monkeypatch.setattr(LocalRemote, "hop", hop)
+    install_fake(local)
+    local.config('[profiles.cs-auto]\nhost = "localhost"\nscheduler = "none"\napp = "code-server"\n')
+    rc, _, err = local.hpclab("up", "cs-auto", "--detach", "--no-browser")
+    assert rc == 3 and "code-server needs SSH to the compute node" in err, err
+    assert local.session_ids() == [] and list(local.state.glob("state/sessions/*.json")) == []
