@@ -1,9 +1,11 @@
-"""The bash script a job runs: private runtime dir, token file, Jupyter, rendezvous file.
+"""The bash script a job runs: private runtime dir, token file, the app, rendezvous file.
 
 The script holds no secret: Jupyter reads the token from a 0600 file through
 JUPYTER_TOKEN_FILE. When Jupyter has bound its socket or port it writes its server-info file
 into the private runtime dir; the script then writes `rendezvous.json` (atomically) into the
-session directory, which hpclab reads. Jupyter's log is never parsed.
+session directory, which hpclab reads. Jupyter's log is never parsed. The part that starts
+the app and waits until it listens is the app's (hpclab/apps): code-server makes its own 0600
+config file from the token file and is ready when its socket exists.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import envs
+from . import apps, envs
 from .errors import ConfigError
 from .schedulers import JobSpec, Scheduler
 from .sessiondir import RENDEZVOUS_VERSION, SessionDir
@@ -29,6 +31,7 @@ class JobOptions:
     env: tuple[tuple[str, str], ...] = ()
     environment: envs.Environment = field(default_factory=envs.Environment)  # modules, venv or conda: before the setup lines
     kernels: tuple[envs.Kernel, ...] = ()
+    app: str = apps.DEFAULT
 
 
 def shell_path(path: str) -> str:
@@ -200,35 +203,8 @@ export JUPYTER_TOKEN_FILE="$HPCLAB_DIR/{token}"
 }} > "$hpclab_runtime/config/jupyter_server_config.py" ) || exit 1
 export JUPYTER_CONFIG_PATH="$hpclab_runtime/config${{JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}}"
 {kernels}
-if ! command -v jupyter >/dev/null 2>&1; then
-  echo "hpclab: 'jupyter' is not on PATH after the setup lines; add a setup line that provides it (module load ..., source .../bin/activate)" >&2
-  exit 127
-fi
-cd {notebook_dir} || {{ echo "hpclab: cannot enter the notebook directory" >&2; exit 1; }}
-
-{listen}
-# `command`: the jupyter program on PATH, never a shell function a setup line defined.
-command jupyter lab {jupyter_args} "${{hpclab_listen[@]}}" &
-hpclab_pid=$!
-
-# Ready when Jupyter has written its server-info file: it has bound by then.
-hpclab_port=
-hpclab_version=
-while [ -z "$hpclab_version" ]; do
-  if ! kill -0 "$hpclab_pid" 2>/dev/null; then
-    wait "$hpclab_pid"; hpclab_rc=$?
-    echo "hpclab: jupyter exited with status $hpclab_rc before it was ready" >&2
-    exit "$hpclab_rc"
-  fi
-  sleep 0.1 2>/dev/null || sleep 1
-  for hpclab_info in "$JUPYTER_RUNTIME_DIR"/jpserver-*.json; do
-    [ -s "$hpclab_info" ] || continue
-    # keys are sorted and "version" is the last one: once it is there the file is complete
-    hpclab_version=$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$hpclab_info")
-    hpclab_port=$(sed -n 's/^ *"port": *\([0-9]*\).*/\1/p' "$hpclab_info")
-  done
-done
-hpclab_write {rendezvous} "{{\"version\": {version}, \"session\": \"$HPCLAB_SESSION\", \"job_id\": $(hpclab_json "$HPCLAB_JOB_ID"), \"node\": $(hpclab_json "$(hostname)"), \"user\": $(hpclab_json "$(id -un)"), \"transport\": \"$hpclab_mode\", \"address\": $(hpclab_json "$hpclab_addr"), \"port\": ${{hpclab_port:-0}}, \"socket\": $(hpclab_json "$hpclab_sock"), \"pid\": $hpclab_pid, \"runtime_dir\": $(hpclab_json "$hpclab_runtime"), \"jupyter_server\": $(hpclab_json "$hpclab_version")}}"
+{start}
+hpclab_write {rendezvous} "{{\"version\": {version}, \"session\": \"$HPCLAB_SESSION\", \"job_id\": $(hpclab_json "$HPCLAB_JOB_ID"), \"node\": $(hpclab_json "$(hostname)"), \"user\": $(hpclab_json "$(id -un)"), \"transport\": \"$hpclab_mode\", \"address\": $(hpclab_json "$hpclab_addr"), \"port\": ${{hpclab_port:-0}}, \"socket\": $(hpclab_json "$hpclab_sock"), \"pid\": $hpclab_pid, \"runtime_dir\": $(hpclab_json "$hpclab_runtime"), \"jupyter_server\": $(hpclab_json "$hpclab_jupyter_server"), \"app\": \"{app}\", \"app_version\": $(hpclab_json "$hpclab_version")}}"
 
 while :; do
   wait "$hpclab_pid"; hpclab_rc=$?
@@ -239,8 +215,8 @@ exit "$hpclab_rc"
 
 LISTEN_SOCKET = """hpclab_mode=socket
 hpclab_addr=
-hpclab_sock="$hpclab_runtime/jupyter.sock"
-hpclab_listen=(--ServerApp.sock="$hpclab_sock" --ServerApp.sock_mode=0600)"""
+hpclab_sock="$hpclab_runtime/{socket_name}"
+hpclab_listen=({socket_args})"""
 
 # The node's own address: the name the login node knows it by, never a wildcard.
 LISTEN_TCP = """hpclab_mode=tcp
@@ -248,7 +224,11 @@ hpclab_sock=
 hpclab_addr=$(getent ahostsv4 "$(hostname)" 2>/dev/null | awk '$1 !~ /^127\\./ {print $1; exit}')
 if [ -z "$hpclab_addr" ]; then hpclab_addr=$(hostname -I 2>/dev/null | awk '{print $1}'); fi
 if [ -z "$hpclab_addr" ]; then echo "hpclab: cannot find this node's address" >&2; exit 1; fi
-hpclab_listen=(--ServerApp.ip="$hpclab_addr" --ServerApp.port=0 --ServerApp.port_retries=0)"""
+hpclab_listen=({tcp_args})"""
+
+# An app that listens only on a unix socket (see its module in hpclab/apps).
+NO_TCP = """echo "hpclab: {app} listens only on a unix socket in the job's private directory; this job was told to use transport tcp (the node refuses SSH, or transport = tcp): use transport socket" >&2
+exit 1"""
 
 # transport "auto": hpclab tries SSH to this node while the job starts and writes the
 # answer into the `listen` file; without an answer in 60 s the job falls back to tcp.
@@ -276,10 +256,14 @@ def render(scheduler: Scheduler, spec: JobSpec, opts: JobOptions, template: str 
     with a `{body}` placeholder and, usually, `{directives}`; other braces (bash's ${VAR},
     functions) are left as they are."""
     sdir = SessionDir(opts.session_id)
+    app = apps.get(opts.app)
+    socket = LISTEN_SOCKET.replace("{socket_name}", app.socket_name).replace("{socket_args}", app.socket_args)
+    tcp = (LISTEN_TCP.replace("{tcp_args}", app.tcp_args) if app.tcp_args is not None
+           else NO_TCP.replace("{app}", app.name))
     listen = {
-        "socket": LISTEN_SOCKET,
-        "tcp": LISTEN_TCP,
-        "auto": LISTEN_AUTO.format(socket=_indent(LISTEN_SOCKET), tcp=_indent(LISTEN_TCP), listen=sdir.listen),
+        "socket": socket,
+        "tcp": tcp,
+        "auto": LISTEN_AUTO.format(socket=_indent(socket), tcp=_indent(tcp), listen=sdir.listen),
     }[opts.transport]
     timer = ""
     if not scheduler.signals_before_end:
@@ -299,10 +283,12 @@ def render(scheduler: Scheduler, spec: JobSpec, opts: JobOptions, template: str 
         environment=envs.job_environment(opts.environment),
         kernels=envs.job_kernels(opts.kernels),
         setup="\n".join(opts.setup) if opts.setup else ":",
-        notebook_dir=shell_path(opts.notebook_dir) if opts.notebook_dir else '"$HOME"',
-        listen=listen,
-        jupyter_args=" ".join(shlex.quote(a) for a in jupyter_args(opts)),
         server_config=SERVER_CONFIG,
+        start=app.start(
+            notebook_dir=shell_path(opts.notebook_dir) if opts.notebook_dir else '"$HOME"', listen=listen,
+            extra_args=" ".join(shlex.quote(a) for a in jupyter_args(opts)), secret_file=f'"$HPCLAB_DIR/{sdir.token}"',
+        ),
+        app=app.name,
     )
     directives = "\n".join(scheduler.directives(spec))
     if template is None:

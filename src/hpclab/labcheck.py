@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import apps
 from .errors import UnsafeLabError
 from .tunnel import request
 
@@ -76,10 +77,17 @@ HINT = (
 )
 
 
-def check(port: int, token: str, ask: Ask | None = None) -> None:
+def check(port: int, token: str, ask: Ask | None = None, app: str = apps.DEFAULT) -> None:
     """Raise UnsafeLabError when the lab behind `port` answers without `token` or lets another
-    origin read its answers."""
-    found = problems(ask or http_ask(port), token)
+    origin read its answers (an app that is no Jupyter: its own check, see hpclab/apps)."""
+    the_app = apps.get(app)
+    ask = ask or http_ask(port, the_app.check_timeout)
+    found = the_app.problems(ask, token)
+    if found is None:
+        found = problems(ask, token)
+    if found and the_app.secret_name != "token":
+        raise UnsafeLabError(f"{the_app.title} does not hold to its {the_app.secret_name}, so hpclab stopped it: "
+                             + "; ".join(found), hint=the_app.check_hint)
     if found:
         raise UnsafeLabError("the lab does not hold to its token, so hpclab stopped it: " + "; ".join(found),
                              hint=HINT)

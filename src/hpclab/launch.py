@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from . import jobscript, labcheck
+from . import apps, errors, jobscript, labcheck
 from .cluster import Snapshot, tunnel_for
 from .errors import HpclabError, Interrupted, JobFailedError, LoginRefused, MaxWaitError, Unreachable, UnsafeLabError
 from .options import JOB_KEYS
@@ -74,6 +74,7 @@ def new_record(profile: Profile) -> SessionRecord:
         token=secrets.token_urlsafe(32),  # 256 bits
         created=time.time(),
         time_limit=profile.time,
+        app=profile.app,
     )
 
 
@@ -132,6 +133,11 @@ class Launch:
 
     def run(self) -> Ready:
         rec, cluster, t = self.record, self.cluster, self.timings
+        app = apps.get(rec.app)
+        if app.tcp_args is None and rec.transport == "tcp":
+            raise errors.ConfigError(f"{app.name} listens only on a unix socket on the node, so it needs "
+                                     "transport socket (or auto, where the node allows SSH)",
+                                     hint="drop transport = tcp for it")
         self.store.save(rec)
         start = time.monotonic()
         self.report("connect", f"connecting to {rec.host}")
@@ -157,14 +163,14 @@ class Launch:
         self._open_tunnel(rdv)
         start = t.mark("tunnel", start)
         self.report("tunnel", f"tunnel up on 127.0.0.1:{rec.local_port}")
-        if not wait_ready(rec.local_port or 0, rec.token, timeout=60):
-            raise JobFailedError("Jupyter started but does not answer through the tunnel",
+        if not wait_ready(rec.local_port or 0, rec.token, timeout=60, app=rec.app):
+            raise JobFailedError(f"{app.title} started but does not answer through the tunnel",
                                  hint=self._err_tail() or None)
-        labcheck.check(rec.local_port or 0, rec.token)  # refuses a lab that answers without the token
+        labcheck.check(rec.local_port or 0, rec.token, app=rec.app)  # refuses a lab open without its secret
         t.mark("ready", start)
         rec.state = "running"
         self.store.save(rec)
-        self.report("ready", "JupyterLab answers through the tunnel")
+        self.report("ready", f"{app.title} answers through the tunnel")
         return Ready(rec, t, self.cluster.login.counters, tuple(self.warnings))
 
     def watch(self) -> None:
@@ -184,6 +190,7 @@ class Launch:
             session_id=rec.id, transport=rec.transport, setup=profile.setup,
             notebook_dir=profile.notebook_dir, idle_timeout=profile.idle_timeout, env=profile.env,
             environment=profile.environment, kernels=profile.kernels,
+            app=rec.app,
         )
         template = jobscript.read_template(profile.template) if profile.template else None
         script = jobscript.render(self.cluster.scheduler, spec, opts, template)
@@ -238,7 +245,7 @@ class Launch:
                 raise self._failed(snap.job, snap.ended)
             snap = cluster.poll(rec.id, 5.0, False, rec.job_id)
             self.timings.scheduler_queries += 1
-        self.report("jupyter", "Jupyter is up")
+        self.report("jupyter", f"{apps.get(rec.app).server} is up")
         return snap.rendezvous
 
     def _prepare_node(self) -> None:
@@ -261,6 +268,10 @@ class Launch:
             rec.transport = "tcp" if refused else "socket"
             self.report("transport", f"transport: {rec.transport}" +
                         (f" (the node refuses SSH: {refused})" if refused else ""))
+            if refused and apps.get(rec.app).tcp_args is None:
+                raise LoginRefused(f"{rec.app} needs SSH to the compute node {rec.node}, which refuses it: {refused}",
+                                   hint="code-server listens only on a unix socket on the node; "
+                                        "use JupyterLab there, or ask the site to allow SSH to nodes")
             if refused:
                 self.ctx.warn(f"the lab listens on {rec.node}'s network address (transport tcp): {refused}. "
                               "Other users of the cluster can reach its port; the token keeps them out")
@@ -272,6 +283,9 @@ class Launch:
         rec.node = rdv.node
         rec.transport = rdv.transport
         rec.jupyter_server = rdv.jupyter_server or None
+        rec.app_version = rdv.app_version or None
+        if rdv.app != rec.app:
+            raise errors.ProtocolError(f"the job runs {rdv.app}, not the {rec.app} it was asked for")
         if rec.transport == "socket":
             rec.socket = rdv.socket
         else:
@@ -300,7 +314,7 @@ class Launch:
         why = job.state.reason if job and job.state.ended else "the job ended"
         tail = self._err_tail()
         code = ended.exit_code if ended else None
-        msg = f"job {rec.job_id} ended before Jupyter was ready: {why}"
+        msg = f"job {rec.job_id} ended before {apps.get(rec.app).server} was ready: {why}"
         if code not in (None, 0):
             msg += f" (exit status {code})"
         return JobFailedError(msg, hint=("last lines of the job's error output:\n" + tail) if tail else

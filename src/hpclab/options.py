@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import envs
+from . import apps, envs
 from .schedulers import names as scheduler_names
 from .units import is_memory, parse_duration, parse_walltime
 
@@ -259,6 +259,8 @@ OPTIONS: tuple[Option, ...] = (
            "(after the modules)", flag=True),
     Option("kernels", _from_envs(envs.check_kernels), "kernels from other environments, e.g. "
            '[{ name = "torch", venv = "~/venvs/torch" }]'),
+    Option("app", _choice(apps.names), "what the session runs: " + ", ".join(apps.names()), flag=True,
+           choices=apps.names()),
 )
 
 BY_KEY = {o.key: o for o in OPTIONS}

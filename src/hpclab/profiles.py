@@ -56,6 +56,7 @@ class Profile:
     @property
     def environment(self) -> Environment:
         return Environment(self.modules, self.venv, self.conda)
+    app: str = "jupyterlab"
 
 
 def default_config_file_text() -> str:

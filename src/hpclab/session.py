@@ -215,7 +215,7 @@ def tunnel_state(cluster: Cluster, rec: SessionRecord) -> str:
     except HpclabError as exc:
         log.debug("forward of %s not held: %s", rec.id, exc)
         return "down"
-    return "up" if probe(rec.local_port, rec.token, timeout=2) == 200 else "down"
+    return "up" if probe(rec.local_port, rec.token, timeout=2, app=rec.app) == 200 else "down"
 
 
 # -- url and logs -----------------------------------------------------------------------------
@@ -265,7 +265,8 @@ def record_from_remote(found: RemoteSession, profile: Profile, token: str) -> Se
     return SessionRecord(
         id=found.id, profile=profile.name, host=profile.host, ssh_options=list(profile.ssh_options),
         scheduler=profile.scheduler, job_id=found.job_id, state="running", token=token, created=time.time(),
-        transport=rdv.transport, node=rdv.node, jupyter_server=rdv.jupyter_server,
+        transport=rdv.transport, node=rdv.node, jupyter_server=rdv.jupyter_server or None,
+        app=rdv.app, app_version=rdv.app_version or None,
         socket=rdv.socket if rdv.transport == "socket" else None,
         address=rdv.address if rdv.transport == "tcp" else None,
         port=rdv.port if rdv.transport == "tcp" else None,
@@ -370,7 +371,7 @@ def reattach(ctx: Context, rec: SessionRecord, cluster: Cluster) -> SessionRecor
     if rec.local_port:
         try:
             tunnel_for(cluster, rec).hold()
-            if probe(rec.local_port, rec.token) == 200:
+            if probe(rec.local_port, rec.token, app=rec.app) == 200:
                 ctx.report("tunnel", f"tunnel up on 127.0.0.1:{rec.local_port}")
                 reopen_forwards(ctx, cluster, rec)
                 return rec
@@ -382,7 +383,7 @@ def reattach(ctx: Context, rec: SessionRecord, cluster: Cluster) -> SessionRecor
         tunnel_for(cluster, rec).close()
     old = rec.local_port
     rec.local_port = open_forward(cluster, rec, free_local_port(rec.local_port))
-    if not wait_ready(rec.local_port, rec.token, timeout=30):
+    if not wait_ready(rec.local_port, rec.token, timeout=30, app=rec.app):
         raise JobFailedError(f"session {rec.id} does not answer through the tunnel",
                              hint=f"look at `hpclab logs {rec.id}`, or stop it with `hpclab stop {rec.id}`")
     rec.state = "running"

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import apps
 from .errors import ProtocolError
 
 ROOT = ".hpclab"
@@ -67,7 +68,9 @@ class Rendezvous:
     socket: str
     pid: int
     runtime_dir: str
-    jupyter_server: str
+    jupyter_server: str  # "" for an app that is no Jupyter
+    app: str = apps.DEFAULT  # (a job of an older hpclab wrote neither key: it ran JupyterLab)
+    app_version: str = ""
     version: int = RENDEZVOUS_VERSION
 
     @property
@@ -96,6 +99,8 @@ class Rendezvous:
                 user=_str(data, "user"), transport=_str(data, "transport"), address=_str(data, "address"),
                 port=_int(data, "port"), socket=_str(data, "socket"), pid=_int(data, "pid"),
                 runtime_dir=_str(data, "runtime_dir"), jupyter_server=_str(data, "jupyter_server"),
+                app=_str(data, "app") if "app" in data else apps.DEFAULT,
+                app_version=_str(data, "app_version") if "app_version" in data else _str(data, "jupyter_server"),
             )
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"the session's rendezvous file lacks or mistypes {exc}") from None
@@ -109,6 +114,8 @@ class Rendezvous:
             return f"it belongs to session {self.session!r}, not {session_id!r}"
         if not NODE.fullmatch(self.node):
             return f"node {self.node!r} is not a host name"
+        if self.app not in apps.names():
+            return f"unknown app {self.app!r}"
         if self.transport == "socket":
             if not self.socket.startswith("/") or "\n" in self.socket:
                 return f"socket {self.socket!r} is not an absolute path"

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import apps
 from .errors import ConfigError
 from .paths import Paths, private_dir, write_private
 
@@ -28,10 +29,10 @@ VERSION = 2
 _RECORD_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def lab_url(port: int, token: str | None = None) -> str:
-    """The lab's address through the local forward; with the token when given. The one place
-    that spells it."""
-    return f"http://127.0.0.1:{port}/lab" + (f"?token={token}" if token else "")
+def lab_url(port: int, token: str | None = None, app: str = apps.DEFAULT) -> str:
+    """The lab's address through the local forward; with the token when given (and the app
+    takes it in its URL). The one place that spells it (the app's module says how)."""
+    return apps.get(app).url(port, token)
 
 
 @dataclass
@@ -57,10 +58,12 @@ class SessionRecord:
     # `hpclab forward`: {"node_port", "local_port", "target", "via": "node" | "login"} each
     forwards: list[dict[str, Any]] = field(default_factory=list)
     version: int = VERSION
+    app: str = apps.DEFAULT  # what the session runs (hpclab/apps)
+    app_version: str | None = None
 
     @property
     def url(self) -> str | None:
-        return lab_url(self.local_port, self.token) if self.local_port else None
+        return lab_url(self.local_port, self.token, self.app) if self.local_port else None
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
     """Bring an older record up to VERSION. v1 had 'remote_port' and no 'version' key."""
@@ -69,6 +72,11 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         if "remote_port" in data:
             data["port"] = data.pop("remote_port")
         data["version"] = 2
+    # Records made before sessions ran other apps have no 'app': they ran JupyterLab. (A new
+    # key with a default, so the version stays: an older hpclab reading this record drops it.)
+    data.setdefault("app", apps.DEFAULT)
+    if data.get("app") == apps.DEFAULT and "app_version" not in data:
+        data["app_version"] = data.get("jupyter_server")
     known = {f.name for f in fields(SessionRecord)}
     return {k: v for k, v in data.items() if k in known}
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import apps
 from .errors import HpclabError
 from .remote import Remote
 
@@ -93,20 +94,27 @@ def request(port: int, method: str, path: str, headers: dict[str, str],
         conn.close()
 
 
-def probe(port: int, token: str, timeout: float = 3.0) -> int | None:
-    """HTTP status of an authenticated GET /api/status through the forward (see request), or
-    None when nothing answers. /api/status does not count as activity for the idle shutdown."""
-    answer = request(port, "GET", "/api/status", {"Authorization": f"token {token}"}, timeout)
-    return answer[0] if answer else None
+def probe(port: int, token: str, timeout: float = 3.0, app: str = apps.DEFAULT) -> int | None:
+    """200 when the app answers its authenticated probe through the forward as it answers only
+    a holder of `token` (see request; Jupyter: GET /api/status, which does not count as activity
+    for the idle shutdown; code-server: its login page with the session cookie), else the HTTP
+    status it gave, or None when nothing answers."""
+    want = apps.get(app).probe(token)
+    answer = request(port, want.method, want.path, want.headers, timeout)
+    if not answer:
+        return None
+    if answer[0] == want.ok:
+        return 200
+    return 403 if answer[0] == 200 else answer[0]  # (code-server shows its login form with 200)
 
 
-def wait_ready(port: int, token: str, timeout: float) -> bool:
+def wait_ready(port: int, token: str, timeout: float, app: str = apps.DEFAULT) -> bool:
     """Probe until HTTP 200 or `timeout` seconds. Until Jupyter accepts, ssh accepts the
     local connection and drops it, so a refused or empty answer means 'not yet'."""
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:
-        if probe(port, token) == 200:
+        if probe(port, token, app=app) == 200:
             return True
         if time.monotonic() >= deadline:
             return False

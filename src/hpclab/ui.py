@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from . import apps
 from .redact import redact
 from .redact import register as mask
 from .state import SessionRecord, lab_url
@@ -129,7 +130,22 @@ def summary(rec: SessionRecord, state: str | None = None) -> dict[str, Any]:
         "time_limit": rec.time_limit,
         "forwards": [{"node_port": f["node_port"], "local_port": f["local_port"],
                       "url": f"http://127.0.0.1:{f['local_port']}/"} for f in rec.forwards],
+        "app": rec.app,
+        "app_version": rec.app_version,
     }
+
+
+def _password(rec: SessionRecord) -> str | None:
+    """The session's secret where the app logs in with a password (code-server), else None."""
+    return rec.token if apps.get(rec.app).secret_name == "password" else None
+
+
+def _ready_line(rec: SessionRecord) -> str:
+    app = apps.get(rec.app)
+    line = f"{app.title} is ready: {rec.url}"
+    if app.secret_name == "password":
+        line += f" (the browser hpclab opens is logged in; `hpclab url {rec.id} --json` gives the password)"
+    return line
 
 
 def ready(console: Console, result: Ready, *, json_mode: bool) -> None:
@@ -142,16 +158,17 @@ def ready(console: Console, result: Ready, *, json_mode: bool) -> None:
             "timings": {k: round(v, 3) for k, v in result.timings.phases.items()},
             "stats": {"ssh_connects": result.counters.connects, "ssh_commands": result.counters.commands,
                       "scheduler_queries": result.timings.scheduler_queries},
+            "password": _password(rec),
         })
     else:
-        console.result(f"JupyterLab is ready: {rec.url}")
+        console.result(_ready_line(rec))
 
 
 def attached(console: Console, rec: SessionRecord, *, json_mode: bool) -> None:
     if json_mode:
         console.json(summary(rec))
     else:
-        console.result(f"JupyterLab is ready: {rec.url}")
+        console.result(_ready_line(rec))
 
 
 def listing(console: Console, result: Listing, *, json_mode: bool) -> None:
@@ -166,8 +183,8 @@ def listing(console: Console, result: Listing, *, json_mode: bool) -> None:
         console.table(
             [[r["id"], r["profile"], r["job_id"] or "-", r["state"], r["node"] or "-",
               human(r["time_left"]) if r["time_left"] is not None else "-", r["tunnel"],
-              lab_url(r["local_port"]) if r["local_port"] else "-"] for r in rows],
-            ["ID", "PROFILE", "JOB", "STATE", "NODE", "LEFT", "TUNNEL", "URL"],
+              lab_url(r["local_port"], app=r["app"]) if r["local_port"] else "-", r["app"]] for r in rows],
+            ["ID", "PROFILE", "JOB", "STATE", "NODE", "LEFT", "TUNNEL", "URL", "APP"],
         )
         for r in rows:
             for f in r["forwards"]:
@@ -198,7 +215,9 @@ def cleaned(console: Console, results: list[Orphan], *, json_mode: bool) -> None
 
 def url(console: Console, rec: SessionRecord, *, json_mode: bool) -> None:
     if json_mode:
-        console.json({"id": rec.id, "url": rec.url, "token": rec.token, "local_port": rec.local_port})
+        password = _password(rec)
+        console.json({"id": rec.id, "url": rec.url, "token": None if password else rec.token,
+                      "password": password, "local_port": rec.local_port})
     else:
         console.result(rec.url or "")
 

@@ -26,7 +26,7 @@ class Watch:
     def __init__(self, rec: SessionRecord, cluster: Cluster, *, report: Report = quiet,
                  warnings: tuple[int, ...] = (600, 120), clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 lab_probe: Callable[[int, str], int | None] = probe,
+                 lab_probe: Callable[[int, str], int | None] | None = None,
                  moved: Callable[[int], object] = lambda port: None) -> None:
         self.rec = rec
         self.moved = moved  # the forward moved to this local port: the caller records it
@@ -35,7 +35,7 @@ class Watch:
         self.warn_at = sorted(warnings, reverse=True)
         self.clock = clock
         self.sleep = sleep
-        self.probe = lab_probe
+        self.probe = lab_probe or (lambda port, token: probe(port, token, app=rec.app))
         self.deadline: float | None = None
         self.reconnects = 0
 
@@ -75,7 +75,7 @@ class Watch:
                 if left <= 0:
                     next_job = min(next_job, now + 5)
                 self.report("tick", f"job {self.rec.job_id} on {self.rec.node}, {human(max(0, left))} left, "
-                                    f"lab at {lab_url(self.rec.local_port or 0)}")
+                                    f"lab at {lab_url(self.rec.local_port or 0, app=self.rec.app)}")
             self.sleep(probe_every)
 
     def _held(self) -> bool:
@@ -144,14 +144,14 @@ class Watch:
             old = rec.local_port
             rec.local_port = free_local_port()
             self.report("moved", f"127.0.0.1:{old} is held by another program: hpclab sends it nothing; "
-                                 f"the lab moves to {lab_url(rec.local_port)}")
+                                 f"the lab moves to {lab_url(rec.local_port, app=rec.app)}")
             self.moved(rec.local_port)
             if not _try(tunnel_for(self.cluster, rec).open):
                 return
         except (Unreachable, MasterGone) as exc:
             log.debug("retry later: %s", exc)
             return
-        if wait_ready(rec.local_port or 0, rec.token, timeout=10):
+        if wait_ready(rec.local_port or 0, rec.token, timeout=10, app=rec.app):
             self.reconnects += 1
             self.report("reconnected", f"tunnel re-established on 127.0.0.1:{rec.local_port} "
                                        f"in {self.clock() - started:.1f} s")

@@ -14,11 +14,13 @@ import os
 import pkgutil
 import shlex
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import hpclab.schedulers as schedulers_pkg
+from hpclab import apps
 from hpclab.envs import Environment, Kernel
 from hpclab.jobscript import JobOptions, render
 from hpclab.schedulers import JobSpec, Scheduler, get, names, registry
@@ -59,6 +61,28 @@ def test_golden_job_script(name: str) -> None:
             f"then review and commit the diff of tests/unit/golden/.",
             pytrace=False,
         )
+
+
+def check_golden(path: Path, text: str, what: str) -> None:
+    if os.environ.get("HPCLAB_UPDATE_GOLDEN") == "1":
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"no golden file {path}; create it with HPCLAB_UPDATE_GOLDEN=1 pytest {__file__}"
+    if path.read_text() != text:
+        pytest.fail(
+            f"the {what} job script differs from {path.relative_to(HERE.parent.parent)}.\n"
+            f"If the change is intended: HPCLAB_UPDATE_GOLDEN=1 pytest tests/unit/test_golden.py, "
+            f"then review and commit the diff of tests/unit/golden/.",
+            pytrace=False,
+        )
+
+
+# The default app (JupyterLab) is in every scheduler's golden file; each other app once, with SLURM.
+@pytest.mark.parametrize("app", [a for a in apps.names() if a != apps.DEFAULT])
+def test_golden_job_script_per_app(app: str) -> None:
+    text = render(get("slurm"), SPEC, replace(OPTS, app=app))
+    check_golden(GOLDEN / f"app-{app}.sh", text, f"{app} (slurm)")
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
 
 
 @pytest.mark.parametrize("name", names())

@@ -715,10 +715,11 @@ def check_rendezvous(job: Job) -> None:
     seen = job.jupyter()
     assert mode(job.dir / "rendezvous.json") == 0o600
     assert set(rdv) == {"version", "session", "job_id", "node", "user", "transport", "address", "port", "socket",
-                        "pid", "runtime_dir", "jupyter_server"}
+                        "pid", "runtime_dir", "jupyter_server", "app", "app_version"}
     assert (rdv["version"], rdv["session"], rdv["job_id"]) == (1, SID, "4242")
     assert rdv["node"] == os.uname().nodename and rdv["user"] == pwd.getpwuid(os.getuid()).pw_name
-    assert rdv["pid"] == seen["pid"] and rdv["jupyter_server"] == "2.21.1"
+    assert rdv["pid"] == seen["pid"] and rdv["jupyter_server"] == rdv["app_version"] == "2.21.1"
+    assert rdv["app"] == "jupyterlab"
     if rdv["transport"] == "socket":
         assert rdv["socket"] == f"{rdv['runtime_dir']}/jupyter.sock" and rdv["port"] == 0
     else:

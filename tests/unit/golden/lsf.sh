@@ -135,7 +135,7 @@ HPCLAB_CONFIG
 export JUPYTER_CONFIG_PATH="$hpclab_runtime/config${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"
 
 if ! command -v jupyter >/dev/null 2>&1; then
-  echo "hpclab: 'jupyter' is not on PATH after the setup lines; add a setup line that provides it (module load ..., source .../bin/activate)" >&2
+  echo "hpclab: 'jupyter' is not on PATH; give the profile modules, venv or conda that provide it, or a setup line (source .../bin/activate)" >&2
   exit 127
 fi
 cd "$HOME"/work || { echo "hpclab: cannot enter the notebook directory" >&2; exit 1; }
@@ -181,7 +181,8 @@ while [ -z "$hpclab_version" ]; do
     hpclab_port=$(sed -n 's/^ *"port": *\([0-9]*\).*/\1/p' "$hpclab_info")
   done
 done
-hpclab_write rendezvous.json "{\"version\": 1, \"session\": \"$HPCLAB_SESSION\", \"job_id\": $(hpclab_json "$HPCLAB_JOB_ID"), \"node\": $(hpclab_json "$(hostname)"), \"user\": $(hpclab_json "$(id -un)"), \"transport\": \"$hpclab_mode\", \"address\": $(hpclab_json "$hpclab_addr"), \"port\": ${hpclab_port:-0}, \"socket\": $(hpclab_json "$hpclab_sock"), \"pid\": $hpclab_pid, \"runtime_dir\": $(hpclab_json "$hpclab_runtime"), \"jupyter_server\": $(hpclab_json "$hpclab_version")}"
+hpclab_jupyter_server=$hpclab_version
+hpclab_write rendezvous.json "{\"version\": 1, \"session\": \"$HPCLAB_SESSION\", \"job_id\": $(hpclab_json "$HPCLAB_JOB_ID"), \"node\": $(hpclab_json "$(hostname)"), \"user\": $(hpclab_json "$(id -un)"), \"transport\": \"$hpclab_mode\", \"address\": $(hpclab_json "$hpclab_addr"), \"port\": ${hpclab_port:-0}, \"socket\": $(hpclab_json "$hpclab_sock"), \"pid\": $hpclab_pid, \"runtime_dir\": $(hpclab_json "$hpclab_runtime"), \"jupyter_server\": $(hpclab_json "$hpclab_jupyter_server"), \"app\": \"jupyterlab\", \"app_version\": $(hpclab_json "$hpclab_version")}"
 
 while :; do
   wait "$hpclab_pid"; hpclab_rc=$?
