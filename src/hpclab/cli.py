@@ -230,10 +230,28 @@ def _cmd_complete(args: argparse.Namespace, app: App) -> int:
     return ExitCode.OK
 
 
+def _add_doctor(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("doctor", parents=[common], help="check a profile step by step (submits nothing without --job)")
+    p.add_argument("profile", help="a profile name from the config file")
+    p.add_argument("--job", action="store_true",
+                   help="also run a short job: SSH to its node and load the environment there; it is cancelled")
+    p.set_defaults(func=_cmd_doctor)
+
+
+def _cmd_doctor(args: argparse.Namespace, app: App) -> int:
+    from . import doctor
+
+    with interruptible():
+        result = doctor.diagnose(app.ctx, args.profile, job=args.job)
+    ui.checks(app.console, result, json_mode=args.json)
+    return result.exit_code
+
+
 # -- main -------------------------------------------------------------------------------------
 
 COMMANDS: Sequence[Callable[[Any, argparse.ArgumentParser], None]] = (
     _add_up, _add_attach, _add_list, _add_stop, _add_url, _add_logs, _add_cleanup, _add_completion,
+    _add_doctor,
 )
 
 

@@ -17,6 +17,7 @@ from .state import SessionRecord, lab_url
 from .units import human
 
 if TYPE_CHECKING:
+    from .doctor import Diagnosis
     from .launch import Ready
     from .session import Listing, Orphan, Stopped
 
@@ -202,3 +203,39 @@ def logs(console: Console, sections: list[tuple[str, str]]) -> None:
         if text.strip():
             console.result(f"==> {name} <==")
             console.result(text.rstrip())
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+CHECK_MARKS = {"ok": ("✓", "32"), "fail": ("✗", "31;1"), "warn": ("!", "33;1"), "skip": ("-", "2")}
+ASCII_MARKS = {"ok": "ok", "fail": "FAIL", "warn": "!", "skip": "-"}
+
+
+def _can_print(stream: TextIO, text: str) -> bool:
+    try:
+        text.encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def checks(console: Console, result: Diagnosis, *, json_mode: bool) -> None:
+    """`doctor`: one line per check, ✓ ✗ ! or - (ok, FAIL, !, - where the terminal cannot print
+    those), in color on a terminal without NO_COLOR; the hint indented below."""
+    if json_mode:
+        console.json([c.as_json() for c in result.checks])
+        return
+    console._end_line()
+    fancy = _can_print(console.out, "✓✗")
+    color = console.out.isatty() and os.environ.get("TERM") != "dumb" and "NO_COLOR" not in os.environ
+    for c in result.checks:
+        mark, code = CHECK_MARKS[c.status]
+        mark = mark if fancy else ASCII_MARKS[c.status]
+        console.out.write((f"\x1b[{code}m{mark}\x1b[0m" if color else mark) + f" {c.name}: {c.detail}\n")
+        for line in (c.hint or "").splitlines():
+            console.out.write(f"    {line}\n")
+    failed = len(result.failed)
+    warned = sum(1 for c in result.checks if c.status == "warn")
+    summary = f"{failed} check(s) failed" if failed else "nothing failed"
+    console.out.write(summary + (f", {warned} warning(s)\n" if warned else "\n"))
+    console.out.flush()
