@@ -168,7 +168,7 @@ _CONFIG_SCAN = (
 
 def environment_program(profile: Profile) -> str:
     """A bash program (sent on stdin to `bash -s`) that sets up the environment as the job
-    would (profile env, then the setup lines under `set -e` with the job's ERR trap), and
+    would (profile env, then the setup lines under `set -e`), and
     prints, in @@-headed lines, how far it got, where `jupyter` is, jupyter_server's version,
     and the user's Jupyter config files (see parse_environment)."""
     env = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in profile.env)
@@ -178,8 +178,10 @@ def environment_program(profile: Profile) -> str:
         'hpclab_cfg="${JUPYTER_CONFIG_DIR:-$HOME/.jupyter}"\nhpclab_scan "$hpclab_cfg"\n'
         + env
         + "echo @@setup\n"
-        + "trap 'echo \"@@setup-failed $? $BASH_COMMAND\"' ERR\nset -e\n"
-        + setup + "\nset +e\ntrap - ERR\necho @@setup-ok\n"
+        # As in the job: the lines run under `set -e`. The command that ended the shell is
+        # named by the EXIT trap (a failed `source` of a missing file exits without an ERR trap).
+        + "hpclab_cmd=\ntrap 'echo \"@@setup-failed $? $hpclab_cmd\"' EXIT\ntrap 'hpclab_cmd=$BASH_COMMAND' DEBUG\n"
+        + "set -e\n" + setup + "\nset +e\ntrap - DEBUG EXIT\necho @@setup-ok\n"
         + 'if [ "${JUPYTER_CONFIG_DIR:-$HOME/.jupyter}" != "$hpclab_cfg" ]; then\n'
         + '  hpclab_scan "$JUPYTER_CONFIG_DIR"\nfi\n'
         + "if command -v jupyter >/dev/null 2>&1; then\n"
