@@ -179,8 +179,12 @@ def environment_program(profile: Profile) -> str:
         + env
         + "echo @@setup\n"
         # As in the job: the lines run under `set -e`. The command that ended the shell is
-        # named by the EXIT trap (a failed `source` of a missing file exits without an ERR trap).
-        + "hpclab_cmd=\ntrap 'echo \"@@setup-failed $? $hpclab_cmd\"' EXIT\ntrap 'hpclab_cmd=$BASH_COMMAND' DEBUG\n"
+        # named by the EXIT trap (a failed `source` of a missing file exits without an ERR trap):
+        # the last command of the lines themselves, not one inside a function they call (Lmod's
+        # `module`), whose `return N` bash also shows to a DEBUG trap at the top level.
+        + "hpclab_cmd=\ntrap 'echo \"@@setup-failed $? $hpclab_cmd\"' EXIT\n"
+        + "trap 'if [ \"${#FUNCNAME[@]}\" = 0 ]; then case $BASH_COMMAND in return|return\\ *) ;; "
+        + "*) hpclab_cmd=$BASH_COMMAND;; esac; fi' DEBUG\n"
         + "set -e\n" + setup + "\nset +e\ntrap - DEBUG EXIT\necho @@setup-ok\n"
         + 'if [ "${JUPYTER_CONFIG_DIR:-$HOME/.jupyter}" != "$hpclab_cfg" ]; then\n'
         + '  hpclab_scan "$JUPYTER_CONFIG_DIR"\nfi\n'

@@ -74,6 +74,8 @@ def test_human_output_marks_each_check_and_exits_with_the_failures_code(local: L
     (['module load no-such-module'], "module load no-such-module"),
     (['source ~/venvs/missing/bin/activate'], "source ~/venvs/missing/bin/activate"),
     (['echo fine', 'false', 'echo never'], "false"),
+    # a function that returns non-zero (as Lmod's `module` does) is named, not its `return N`
+    (['lmod_like() { echo loading; return 4; }', 'lmod_like'], "lmod_like"),
 ])
 def test_a_failing_setup_line_is_named_with_what_it_said(local: Local, setup: list[str], named: str) -> None:
     said = 'echo "Lmod has detected the following error: unknown module \\"$2\\"" >&2'
@@ -83,7 +85,7 @@ def test_a_failing_setup_line_is_named_with_what_it_said(local: Local, setup: li
     rc, checks = doctor(local, "bad")
     assert rc == 2
     env = checks["environment"]
-    assert env["status"] == FAIL and str(env["detail"]).endswith(named), env
+    assert env["status"] == FAIL and str(env["detail"]).endswith(": " + named), env
     if "module" in named:
         assert 'unknown module "no-such-module"' in str(env["hint"])
     assert "jupyter" not in checks  # not checked in an environment that did not load

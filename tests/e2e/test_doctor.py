@@ -1,0 +1,110 @@
+"""`hpclab doctor` against the real test cluster: SLURM's own dry run, Lmod modules that do not
+load, a venv that is not there, the user's real ~/.jupyter, and `--job` with a real job whose
+node is reached through the login node (pam_slurm_adopt) and which is cancelled afterwards.
+Without --job nothing may reach the queue: each test compares SLURM's accounting before and after."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lab import Hpclab, hpclab, profile_text, session_dirs, tc, tcx, user_jobs
+
+if TYPE_CHECKING:
+    from .conftest import Cluster
+
+__all__ = ["hpclab"]
+
+
+def all_jobs() -> set[str]:
+    """Every job SLURM's accounting knows, of every user (asked as root)."""
+    return set(tcx("login", ["sacct", "-a", "-X", "-n", "-P", "-o", "JobID", "-S", "now-1days"]).stdout.split())
+
+
+def doctor(tool: Hpclab, profile: str = "testcluster", *extra: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    before = all_jobs() if "--job" not in extra else set()
+    proc = tool("doctor", profile, "--json", *extra, timeout=300)
+    checks = {c["name"]: c for c in json.loads(proc.stdout)}
+    if "--job" not in extra:
+        assert all_jobs() == before, "doctor without --job submitted a job"
+        assert user_jobs(tc("TC_USER")) == [] and user_jobs(tc("TC_USER3")) == []
+    assert session_dirs(tc("TC_USER")) == [] and session_dirs(tc("TC_USER3")) == []
+    return proc.returncode, checks
+
+
+def with_profile(tool: Hpclab, name: str = "testcluster", **overrides: Any) -> None:
+    tool.write_config(profile_text(name, **overrides))
+
+
+def test_a_good_profile_passes_and_submits_nothing(cluster: Cluster, hpclab: Hpclab) -> None:
+    rc, checks = doctor(hpclab)
+    assert rc == 0, checks
+    assert checks["scheduler"]["status"] == "ok" and "partition debug" in checks["scheduler"]["detail"]
+    assert checks["jupyter"]["detail"].startswith(f"{cluster.jupyter_venv}/bin/jupyter: jupyter_server 2.")
+    human = hpclab("doctor", "testcluster", timeout=300)
+    assert human.returncode == 0 and "✓ scheduler: SLURM would accept" in human.stdout, human.stdout
+
+
+def test_a_module_that_fails_to_load_or_does_not_exist_is_named(cluster: Cluster, hpclab: Hpclab) -> None:
+    # hpcuser3: tcsh, rc files with a banner; the setup runs in bash with Lmod through BASH_ENV, as in a job
+    with_profile(hpclab, "testcluster-3", setup="module load broken")
+    rc, checks = doctor(hpclab, "testcluster-3")
+    assert rc == 2 and checks["environment"]["status"] == "fail", checks
+    assert checks["environment"]["detail"].endswith(": module load broken")
+    assert "cuda" in checks["environment"]["hint"]  # Lmod's own words: the missing prerequisite
+    with_profile(hpclab, "testcluster-3", setup=["module load python", "module load no-such-module"])
+    rc, checks = doctor(hpclab, "testcluster-3")
+    assert rc == 2 and checks["environment"]["detail"].endswith(": module load no-such-module")
+    assert '"no-such-module"' in checks["environment"]["hint"]
+
+
+def test_a_bad_partition_is_refused_in_slurms_words(cluster: Cluster, hpclab: Hpclab) -> None:
+    with_profile(hpclab, partition="nope")
+    rc, checks = doctor(hpclab)
+    assert rc == 4 and checks["scheduler"]["status"] == "fail"
+    assert "invalid partition specified: nope" in checks["scheduler"]["detail"]
+    assert checks["environment"]["status"] == "ok"  # the other checks still ran
+
+
+def test_more_than_a_node_has_is_refused(cluster: Cluster, hpclab: Hpclab) -> None:
+    with_profile(hpclab, cpus=64)
+    rc, checks = doctor(hpclab)
+    assert rc == 4 and "cpus 64" in checks["scheduler"]["detail"], checks["scheduler"]
+
+
+def test_a_missing_venv_is_named(cluster: Cluster, hpclab: Hpclab) -> None:
+    with_profile(hpclab, setup="source ~/venvs/missing/bin/activate")
+    rc, checks = doctor(hpclab)
+    assert rc == 2 and checks["environment"]["detail"].endswith(": source ~/venvs/missing/bin/activate")
+    assert "No such file or directory" in checks["environment"]["hint"]
+    assert "jupyter" not in checks
+
+
+def test_the_users_real_jupyter_config_is_read(cluster: Cluster, hpclab: Hpclab) -> None:
+    path = cluster.home() / ".jupyter" / "jupyter_server_config.py"
+    assert not path.exists(), f"{path} exists already: this test would overwrite it"
+    try:
+        tcx("login", ["sh", "-c", f"printf '%s\\n' \"c.ServerApp.allow_origin = '*'\" > {path}"], user=cluster.user)
+        rc, checks = doctor(hpclab)
+    finally:
+        path.unlink(missing_ok=True)
+    assert rc == 0 and checks["jupyter config"]["status"] == "warn"
+    assert f"{path}: ServerApp.allow_origin" in checks["jupyter config"]["detail"]
+
+
+def test_job_reaches_the_node_loads_the_environment_there_and_cancels_the_job(cluster: Cluster,
+                                                                                hpclab: Hpclab) -> None:
+    with_profile(hpclab, transport="socket")
+    rc, checks = doctor(hpclab, "testcluster", "--job")
+    assert rc == 0, checks
+    m = re.fullmatch(r"test job (\d+) runs on (node\d)", checks["test job"]["detail"])
+    assert m, checks["test job"]
+    job, node = m.groups()
+    assert checks["node ssh"]["status"] == "ok"
+    assert checks[f"environment on {node}"]["status"] == "ok"
+    assert checks[f"jupyter on {node}"]["detail"].startswith(f"{cluster.jupyter_venv}/bin/jupyter: jupyter_server")
+    assert cluster.wait_job(job, ("CANCELLED",)) == "CANCELLED"
+    assert user_jobs(cluster.user) == []
+    assert not list(Path(hpclab.home).glob("state/sessions/*.json"))
