@@ -247,11 +247,45 @@ def _cmd_doctor(args: argparse.Namespace, app: App) -> int:
     return result.exit_code
 
 
+def _add_init(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("init", parents=[common], help="probe a cluster's login node and write a profile for it")
+    p.add_argument("name", help="the new profile's name")
+    p.add_argument("--host", required=True, help="SSH destination of the login node")
+    p.add_argument("--ssh-options", default="", help='extra ssh arguments as one string, e.g. "-F path/to/ssh_config"')
+    p.add_argument("--yes", action="store_true", help="take the probed defaults without asking")
+    p.set_defaults(func=_cmd_init)
+
+
+def _cmd_init(args: argparse.Namespace, app: App) -> int:
+    import shlex
+
+    from . import doctor, init
+
+    def ask(question: str, default: str, shown: Sequence[str]) -> str:
+        for line in shown:
+            app.console.info(f"  {line}")
+        app.console.err.write(f"{question} [{default}]: ")
+        app.console.err.flush()
+        return sys.stdin.readline().strip()
+
+    def confirm(question: str) -> bool:
+        return ask(question + " (y/N)", "N", []).lower() in ("y", "yes")
+
+    interactive = not args.yes and sys.stdin.isatty()
+    with interruptible():
+        made = init.init(app.ctx, args.name, args.host, shlex.split(args.ssh_options),
+                         ask=ask if interactive else None, confirm=confirm if interactive else None)
+        ui.initialized(app.console, made, json_mode=args.json)
+        result = doctor.diagnose(app.ctx, args.name)
+    ui.checks(app.console, result, json_mode=args.json, made=made)
+    return result.exit_code
+
+
 # -- main -------------------------------------------------------------------------------------
 
 COMMANDS: Sequence[Callable[[Any, argparse.ArgumentParser], None]] = (
     _add_up, _add_attach, _add_list, _add_stop, _add_url, _add_logs, _add_cleanup, _add_completion,
-    _add_doctor,
+    _add_doctor, _add_init,
 )
 
 

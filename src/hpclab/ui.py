@@ -18,6 +18,7 @@ from .units import human
 
 if TYPE_CHECKING:
     from .doctor import Diagnosis
+    from .init import Made
     from .launch import Ready
     from .session import Listing, Orphan, Stopped
 
@@ -219,11 +220,25 @@ def _can_print(stream: TextIO, text: str) -> bool:
     return True
 
 
-def checks(console: Console, result: Diagnosis, *, json_mode: bool) -> None:
+def initialized(console: Console, made: Made, *, json_mode: bool) -> None:
+    """`init`: the profile it wrote (with --json, `checks` prints it all at once)."""
+    if not json_mode:
+        from .init import profile_block
+
+        console.info(f"wrote this profile to {made.config_file}:\n\n{profile_block(made.name, made.table)}")
+        console.info(f"checking it: hpclab doctor {made.name}")
+
+
+def checks(console: Console, result: Diagnosis, *, json_mode: bool, made: Made | None = None) -> None:
     """`doctor`: one line per check, ✓ ✗ ! or - (ok, FAIL, !, - where the terminal cannot print
     those), in color on a terminal without NO_COLOR; the hint indented below."""
     if json_mode:
-        console.json([c.as_json() for c in result.checks])
+        listed = [c.as_json() for c in result.checks]
+        if made is None:
+            console.json(listed)
+        else:
+            console.json({"profile": made.name, "config_file": str(made.config_file), "written": made.table,
+                          "checks": listed})
         return
     console._end_line()
     fancy = _can_print(console.out, "✓✗")
