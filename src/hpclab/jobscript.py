@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import envs
 from .errors import ConfigError
 from .schedulers import JobSpec, Scheduler
 from .sessiondir import RENDEZVOUS_VERSION, SessionDir
@@ -26,6 +27,8 @@ class JobOptions:
     notebook_dir: str | None = None
     idle_timeout: int = 3600
     env: tuple[tuple[str, str], ...] = ()
+    environment: envs.Environment = field(default_factory=envs.Environment)  # modules, venv or conda: before the setup lines
+    kernels: tuple[envs.Kernel, ...] = ()
 
 
 def shell_path(path: str) -> str:
@@ -173,7 +176,7 @@ trap 'hpclab_stop cancelled 129' HUP
 hpclab_runtime=$(mktemp -d "${{TMPDIR:-/tmp}}/hpclab-$HPCLAB_SESSION.XXXXXX") || exit 1
 trap hpclab_end EXIT
 hpclab_write {started} "$(hostname)"
-{timer}{env}
+{timer}{env}{environment}
 # --- setup lines from the profile ---
 trap 'echo "hpclab: a setup line failed with status $?: $BASH_COMMAND" >&2' ERR
 set -e
@@ -196,7 +199,7 @@ export JUPYTER_TOKEN_FILE="$HPCLAB_DIR/{token}"
 {server_config}HPCLAB_CONFIG
 }} > "$hpclab_runtime/config/jupyter_server_config.py" ) || exit 1
 export JUPYTER_CONFIG_PATH="$hpclab_runtime/config${{JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}}"
-
+{kernels}
 if ! command -v jupyter >/dev/null 2>&1; then
   echo "hpclab: 'jupyter' is not on PATH after the setup lines; add a setup line that provides it (module load ..., source .../bin/activate)" >&2
   exit 127
@@ -293,6 +296,8 @@ def render(scheduler: Scheduler, spec: JobSpec, opts: JobOptions, template: str 
         job_id_var=scheduler.job_id_var,
         timer=timer,
         env=env,
+        environment=envs.job_environment(opts.environment),
+        kernels=envs.job_kernels(opts.kernels),
         setup="\n".join(opts.setup) if opts.setup else ":",
         notebook_dir=shell_path(opts.notebook_dir) if opts.notebook_dir else '"$HOME"',
         listen=listen,

@@ -183,6 +183,7 @@ class Launch:
         opts = jobscript.JobOptions(
             session_id=rec.id, transport=rec.transport, setup=profile.setup,
             notebook_dir=profile.notebook_dir, idle_timeout=profile.idle_timeout, env=profile.env,
+            environment=profile.environment, kernels=profile.kernels,
         )
         template = jobscript.read_template(profile.template) if profile.template else None
         script = jobscript.render(self.cluster.scheduler, spec, opts, template)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import envs
 from .schedulers import names as scheduler_names
 from .units import is_memory, parse_duration, parse_walltime
 
@@ -213,6 +214,18 @@ def _ssh_options(value: Any) -> tuple[str, ...]:
     return opts
 
 
+def _from_envs(check: Callable[[Any], Any]) -> Check:
+    """One of envs' checks, its ValueError as Invalid."""
+
+    def wrapped(value: Any) -> Any:
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+
+    return wrapped
+
+
 def _schedulers() -> tuple[str, ...]:
     return (*scheduler_names(), "auto")
 
@@ -239,6 +252,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("walltime_warnings", _durations, "warn this long before the time limit, e.g. ['10m', '2m']"),
     Option("template", _local_file, "a site's job script frame with {directives} and {body}"),
     Option("env", _env, "environment variables for the job"),
+    Option("modules", _from_envs(envs.check_modules), "modules to load before Jupyter, e.g. python/3.11,jupyter",
+           flag=True),
+    Option("venv", _from_envs(envs.check_venv), "a virtual environment to activate (after the modules)", flag=True),
+    Option("conda", _from_envs(envs.check_conda), "a conda environment, by name or prefix, to activate "
+           "(after the modules)", flag=True),
+    Option("kernels", _from_envs(envs.check_kernels), "kernels from other environments, e.g. "
+           '[{ name = "torch", venv = "~/venvs/torch" }]'),
 )
 
 BY_KEY = {o.key: o for o in OPTIONS}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .envs import Environment, Kernel
 from .errors import ConfigError
 from .options import BY_KEY, KEYS, TRANSPORTS, Invalid
 
@@ -47,6 +48,14 @@ class Profile:
     walltime_warnings: tuple[int, ...] = (600, 120)
     template: str | None = None
     env: tuple[tuple[str, str], ...] = field(default=())
+    modules: tuple[str, ...] = ()
+    venv: str | None = None
+    conda: str | None = None
+    kernels: tuple[Kernel, ...] = ()
+
+    @property
+    def environment(self) -> Environment:
+        return Environment(self.modules, self.venv, self.conda)
 
 
 def default_config_file_text() -> str:
@@ -112,6 +121,7 @@ def from_table(name: str, table: Mapping[str, Any], *, where: str, source: str) 
             hint='set host to the SSH destination of the login node, e.g. host = "login.example.org"',
         )
     values = {k: _check(k, v, where) for k, v in table.items()}
+    _one_environment(values, where)
     return Profile(name=name, source=source, **values)
 
 
@@ -121,7 +131,20 @@ def apply(profile: Profile, flags: Mapping[str, Any], *, where: str) -> Profile:
         if key not in KEYS:
             raise ConfigError(f"unknown setting {key!r}", hint=f"valid keys: {', '.join(KEYS)}")
         checked[key] = _check(key, value, where)
+    _one_environment(checked, where)
+    # a venv or conda given here replaces the other one of the file
+    if checked.get("venv") is not None:
+        checked["conda"] = None
+    if checked.get("conda") is not None:
+        checked["venv"] = None
     return replace(profile, **checked)
+
+
+def _one_environment(values: Mapping[str, Any], where: str) -> None:
+    if values.get("venv") is not None and values.get("conda") is not None:
+        raise ConfigError(f"both 'venv' and 'conda' in {where}",
+                          hint="one environment is activated after the modules: keep venv or conda, not both "
+                               "(a kernel can bring the other one: kernels = [{ name = ..., conda = ... }])")
 
 
 def _check(key: str, value: Any, where: str) -> Any:

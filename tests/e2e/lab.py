@@ -257,9 +257,10 @@ def remove_new_notebooks(url: str, before: set[str]) -> None:
             lab_api(url, "/api/contents/" + urllib.parse.quote(path), method="DELETE")
 
 
-def run_cell(url: str, code: str, timeout: float = 60) -> str:
+def run_cell(url: str, code: str, timeout: float = 60, kernel: str | None = None) -> str:
     """Open the lab in headless Chromium, make a notebook, run `code`, return the output text.
-    The notebook is deleted afterwards (through the lab's API), so the user's home stays clean."""
+    `kernel`: the launcher card's label (a kernel's display name) to make it with; the first one
+    when None. The notebook is deleted afterwards (through the lab's API), so the user's home stays clean."""
     from playwright.sync_api import sync_playwright
 
     before = set(lab_contents(url))
@@ -273,7 +274,11 @@ def run_cell(url: str, code: str, timeout: float = 60) -> str:
             page = browser.new_page()
             page.set_default_timeout(timeout * 1000)
             page.goto(url.replace("/lab?", "/lab?reset&"))
-            page.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
+            cards = page.locator(".jp-LauncherCard[data-category='Notebook']")
+            if kernel is not None:
+                cards = cards.filter(has=page.locator(".jp-LauncherCard-label p", has_text=re.compile(
+                    "^" + re.escape(kernel) + "$")))
+            cards.first.click()
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
             cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
             focused = page.locator(".jp-Notebook .jp-Cell .cm-editor.cm-focused").first

@@ -7,6 +7,7 @@ then review the diff of tests/unit/golden/ like any other change.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import hpclab.schedulers as schedulers_pkg
+from hpclab.envs import Environment, Kernel
 from hpclab.jobscript import JobOptions, render
 from hpclab.schedulers import JobSpec, Scheduler, get, names, registry
 
@@ -108,3 +110,29 @@ def test_signal_before_end_is_asked_for_or_timed() -> None:
         text = rendered(name)
         timer = "kill -USR1 $$" in text
         assert timer != get(name).signals_before_end, name
+
+
+# Environments (envs.py): modules, a venv, and kernels; one scheduler is enough, the part is the same for all.
+ENV_OPTS = dataclasses.replace(
+    OPTS, environment=Environment(modules=("python/3.11", "jupyter"), venv="~/venvs/lab"),
+    kernels=(Kernel("torch", display_name="PyTorch 2", env=Environment(venv="~/venvs/torch")),
+             Kernel("r", env=Environment(modules=("R/4.3",)),
+                    argv=("R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}")),
+             Kernel("bio", env=Environment(conda="bio"))),
+)
+
+
+def test_golden_job_script_with_environments() -> None:
+    path = GOLDEN / "slurm-envs.sh"
+    text = render(get("slurm"), SPEC, ENV_OPTS)
+    if os.environ.get("HPCLAB_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"no golden file {path}; create it with HPCLAB_UPDATE_GOLDEN=1 pytest {__file__}"
+    if path.read_text() != text:
+        pytest.fail(
+            f"the slurm job script with environments differs from {path.relative_to(HERE.parent.parent)}.\n"
+            f"If the change is intended: HPCLAB_UPDATE_GOLDEN=1 pytest tests/unit/test_golden.py, "
+            f"then review and commit the diff of tests/unit/golden/.",
+            pytrace=False,
+        )
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)

@@ -62,7 +62,7 @@ def test_unknown_key_names_file_profile_key_and_valid_keys(tmp_path: Path) -> No
         resolve("gpu", path)
     assert exc.value.message == f"unknown key 'wallclock' in [profiles.gpu] in {path}"
     assert exc.value.hint == "valid keys: " + ", ".join(KEYS)
-    assert "account, cpus, env, extra_directives, gpus, host" in exc.value.hint
+    assert "account, conda, cpus, env, extra_directives, gpus, host" in exc.value.hint
 
 
 def test_missing_host(tmp_path: Path) -> None:
