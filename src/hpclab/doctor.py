@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from . import profiles
+from . import envs, profiles
 from .cluster import Cluster
 from .errors import ExitCode, HpclabError, LoginRefused, Unreachable
 from .launch import MIN_JUPYTER_SERVER, REQUIRED_JUPYTER_SERVER, new_record, version_tuple
@@ -167,16 +167,26 @@ _CONFIG_SCAN = (
 
 
 def environment_program(profile: Profile) -> str:
-    """A bash program (sent on stdin to `bash -s`) that sets up the environment as the job
-    would (profile env, then the setup lines under `set -e`), and
-    prints, in @@-headed lines, how far it got, where `jupyter` is, jupyter_server's version,
-    and the user's Jupyter config files (see parse_environment)."""
+    """A bash program (sent on stdin to `bash -s`) that sets up the environment as the job does
+    (the profile's env, its modules then conda or venv, then its setup lines under `set -e`) and
+    prints, in @@-headed lines (see parse_environment): the user's Jupyter config files; each
+    environment step as envs.probe_program reports it; how far the setup lines got; where
+    `jupyter` is and its jupyter_server version; each kernel's environment, loaded on top of the
+    lab's as its launcher does."""
     env = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in profile.env)
     setup = "\n".join(profile.setup) if profile.setup else ":"
+    steps = ""
+    if profile.environment:
+        # reported step by step (in a subshell), then loaded here as the job loads it
+        steps = (f"echo @@envs-begin\n(\n{envs.probe_program(profile.environment)})\necho @@envs-end\n"
+                 + envs.job_environment(profile.environment))
+    kernels = ""
+    if profile.kernels:
+        kernels = f"echo @@kernels-begin\n(\n{envs.probe_program(envs.Environment(), profile.kernels)})\n"
     return (
         "umask 077\ncd \"$HOME\" || exit 1\n" + _CONFIG_SCAN + "\n"
         'hpclab_cfg="${JUPYTER_CONFIG_DIR:-$HOME/.jupyter}"\nhpclab_scan "$hpclab_cfg"\n'
-        + env
+        + env + steps
         + "echo @@setup\n"
         # As in the job: the lines run under `set -e`. The command that ended the shell is
         # named by the EXIT trap (a failed `source` of a missing file exits without an ERR trap):
@@ -192,6 +202,7 @@ def environment_program(profile: Profile) -> str:
         + '  printf "@@jupyter %s\\n" "$(command -v jupyter)"\n'
         + '  printf "@@jupyter-server %s\\n" "$(command jupyter server --version 2>/dev/null | tail -n 1)"\n'
         + "else\n  echo @@no-jupyter\nfi\n"
+        + kernels
     )
 
 
@@ -203,14 +214,25 @@ class EnvResult:
     jupyter: str | None
     server_version: str | None
     configs: dict[str, str]
+    steps: envs.EnvReport | None = None  # the modules, conda or venv, when the profile has them
+    kernels: envs.EnvReport | None = None  # the kernels, when the profile has them and the lab's setup ran
 
 
 def parse_environment(stdout: str) -> EnvResult:
     configs: dict[str, str] = {}
     current: str | None = None
+    part: list[str] | None = None  # the lines of an envs probe, read by envs.parse_probe
+    parts: dict[str, list[str]] = {}
     done, status, command, jupyter, version = False, None, "", None, None
     for line in stdout.splitlines():
-        if line.startswith("@@config "):
+        if line in ("@@envs-begin", "@@kernels-begin"):
+            part = parts.setdefault(line[2:].split("-")[0], [])
+            current = None
+        elif line == "@@envs-end":
+            part = None
+        elif part is not None:
+            part.append(line)
+        elif line.startswith("@@config "):
             current = line[len("@@config "):]
             configs[current] = ""
         elif current is not None and line.startswith("|"):
@@ -229,25 +251,58 @@ def parse_environment(stdout: str) -> EnvResult:
                 version = rest.strip() or None
         else:
             current = None
-    return EnvResult(done, status, command.strip(), jupyter, version, configs)
+    reports = {k: envs.parse_probe("\n".join(v)) for k, v in parts.items()}
+    return EnvResult(done, status, command.strip(), jupyter, version, configs, reports.get("envs"),
+                     reports.get("kernels"))
 
 
-def environment_checks(result: EnvResult, stderr: str, where: str, *, rc: int = 0) -> list[Check]:
-    """`environment` and `jupyter` checks from what environment_program printed on `where`."""
-    said = "\n".join(stderr.strip().splitlines()[-12:])
-    name = "environment" if where == "the login node" else f"environment on {where}"
+def _said(text: str, lines: int = 12) -> str:
+    """The last `lines` lines of what a command said, without runs of blank lines."""
+    kept: list[str] = []
+    for line in text.strip().splitlines():
+        if line.strip() or (kept and kept[-1].strip()):
+            kept.append(line.rstrip())
+    return "\n".join(kept[-lines:])
+
+
+def environment_checks(result: EnvResult, stderr: str, where: str, *, rc: int = 0,
+                       profile: Profile | None = None) -> list[Check]:
+    """`environment`, `jupyter` and `kernel NAME` checks from what environment_program printed on `where`."""
+    said = _said(stderr)
+    suffix = "" if where == "the login node" else f" on {where}"
+    name = "environment" + suffix
+    wanted = profile.environment if profile is not None else envs.Environment()
+    if wanted:
+        report = result.steps
+        loads = [s for s in (report.steps if report else ()) if s.step != "jupyter"]
+        failed = [s for s in loads if not s.ok]
+        if failed:
+            first = failed[0]
+            detail = f"{first.step} {first.what} does not load{suffix or ' on the login node'}"
+            if len(failed) > 1:
+                detail += " (also: " + ", ".join(f"{s.step} {s.what}" for s in failed[1:]) + ")"
+            return [Check(name, FAIL, detail, "\n".join(_said(s.error, 20) for s in failed) or None, ExitCode.CONFIG)]
+        expected = len(wanted.modules) + bool(wanted.venv or wanted.conda)
+        if report is None or not report.complete or len(loads) < expected:
+            return [Check(name, FAIL, f"the environment check did not finish{suffix} (exit status {rc})",
+                          f"it said:\n{said}" if said else None, ExitCode.CONFIG)]
     if not result.setup_done:
         if result.failed_status is not None:
-            detail = f"a setup line failed on {where} with status {result.failed_status}: {result.failed_command}"
+            detail = f"a setup line failed{suffix or ' on the login node'} with status {result.failed_status}: " \
+                     f"{result.failed_command}"
         else:
-            detail = f"the setup lines ended the shell on {where} (exit status {rc}) before they finished"
+            detail = f"the setup lines ended the shell{suffix or ' on the login node'} (exit status {rc})"
         return [Check(name, FAIL, detail, (f"it said:\n{said}" if said else None), ExitCode.CONFIG)]
-    checks = [Check(name, OK, f"the setup lines run on {where}")]
-    jname = "jupyter" if where == "the login node" else f"jupyter on {where}"
-    fix = "upgrade it in the environment the setup lines activate (pip install -U 'jupyter_server>=2.18' jupyterlab)"
+    loaded = [f"module {m}" for m in wanted.modules]
+    loaded += [f"conda {wanted.conda}"] if wanted.conda else [f"venv {wanted.venv}"] if wanted.venv else []
+    if profile is not None and profile.setup:
+        loaded.append(f"{len(profile.setup)} setup line(s)")
+    checks = [Check(name, OK, (", ".join(loaded) or "nothing to load") + f": loaded{suffix or ' on the login node'}")]
+    jname = "jupyter" + suffix
+    fix = "upgrade it in the environment the profile loads (pip install -U 'jupyter_server>=2.18' jupyterlab)"
     if result.jupyter is None:
-        checks.append(Check(jname, FAIL, f"'jupyter' is not on PATH after the setup lines on {where}",
-                            "add a setup line that provides it (module load ..., source .../bin/activate)",
+        checks.append(Check(jname, FAIL, f"'jupyter' is not on PATH{suffix} once the environment is loaded",
+                            "add what provides it: modules = [...], venv = \"...\", conda = \"...\" or a setup line",
                             ExitCode.CONFIG))
     elif result.server_version is None or not version_tuple(result.server_version):
         checks.append(Check(jname, FAIL, f"{result.jupyter} has no jupyter_server (`jupyter server --version` failed)",
@@ -260,6 +315,35 @@ def environment_checks(result: EnvResult, stderr: str, where: str, *, rc: int = 
                             "2.18, which fixed token and cookie leaks", fix))
     else:
         checks.append(Check(jname, OK, f"{result.jupyter}: jupyter_server {result.server_version}"))
+    checks += kernel_checks(result.kernels, profile.kernels if profile is not None else (), suffix)
+    return checks
+
+
+def kernel_checks(report: envs.EnvReport | None, kernels: tuple[envs.Kernel, ...], suffix: str) -> list[Check]:
+    """One `kernel NAME` check per kernel of the profile: its environment loads on top of the
+    lab's and has ipykernel (or its argv's program)."""
+    found = {k.name: k for k in (report.kernels if report else ())}
+    checks = []
+    for kernel in kernels:
+        name = f"kernel {kernel.name}{suffix}"
+        got = found.get(kernel.name)
+        if got is None or not got.steps:
+            checks.append(Check(name, FAIL, f"not checked{suffix}: the check did not finish", None, ExitCode.CONFIG))
+            continue
+        failed = [s for s in got.steps if not s.ok]
+        last = got.steps[-1]
+        if failed:
+            bad = failed[0]
+            what = {"ipykernel": f"{bad.what or 'its python'} has no ipykernel",
+                    "program": f"{bad.what} is not on PATH in its environment"}.get(bad.step, f"{bad.step} {bad.what} "
+                                                                                     "does not load")
+            checks.append(Check(name, FAIL, what + suffix, _said(bad.error, 20) or None, ExitCode.CONFIG))
+        elif last.step not in ("ipykernel", "program"):
+            checks.append(Check(name, FAIL, f"what it would start was not checked{suffix}", None, ExitCode.CONFIG))
+        elif last.step == "ipykernel":
+            checks.append(Check(name, OK, f"ipykernel {last.detail} ({last.what}){suffix}"))
+        else:
+            checks.append(Check(name, OK, f"{last.what}{suffix}"))
     return checks
 
 
@@ -360,7 +444,7 @@ def diagnose(ctx: Context, profile_name: str, *, job: bool = False,
         ctx.report("environment", "loading the environment on the login node")
         env, stderr, rc = run_environment(cluster.login, profile)
         add(config_check(env.configs))
-        result.checks.extend(environment_checks(env, stderr, "the login node", rc=rc))
+        result.checks.extend(environment_checks(env, stderr, "the login node", rc=rc, profile=profile))
     except HpclabError as exc:
         add(_failure("environment", exc))
 
@@ -440,7 +524,7 @@ def _job_checks(ctx: Context, cluster: Cluster, profile: Profile, max_wait: int,
                 return checks
         ctx.report("environment", f"loading the environment on {node}")
         env, stderr, rc = run_environment(remote, profile)
-        checks.extend(environment_checks(env, stderr, node, rc=rc))
+        checks.extend(environment_checks(env, stderr, node, rc=rc, profile=profile))
         return checks
     finally:
         with ctx.shield():

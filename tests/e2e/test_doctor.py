@@ -10,7 +10,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab import Hpclab, hpclab, profile_text, session_dirs, tc, tcx, user_jobs
+import tomllib
+from lab import Hpclab, hpclab, session_dirs, tc, tcx, user_jobs
+
+from hpclab.init import profile_block
 
 if TYPE_CHECKING:
     from .conftest import Cluster
@@ -35,7 +38,9 @@ def doctor(tool: Hpclab, profile: str = "testcluster", *extra: str) -> tuple[int
 
 
 def with_profile(tool: Hpclab, name: str = "testcluster", **overrides: Any) -> None:
-    tool.write_config(profile_text(name, **overrides))
+    """The test cluster's profile `name` with `overrides`, written as hpclab init writes TOML."""
+    base = tomllib.loads(Path(tc("HPCLAB_CONFIG")).read_text())["profiles"][name]
+    tool.write_config(profile_block(name, base | overrides))
 
 
 def test_a_good_profile_passes_and_submits_nothing(cluster: Cluster, hpclab: Hpclab) -> None:
@@ -48,16 +53,23 @@ def test_a_good_profile_passes_and_submits_nothing(cluster: Cluster, hpclab: Hpc
 
 
 def test_a_module_that_fails_to_load_or_does_not_exist_is_named(cluster: Cluster, hpclab: Hpclab) -> None:
-    # hpcuser3: tcsh, rc files with a banner; the setup runs in bash with Lmod through BASH_ENV, as in a job
-    with_profile(hpclab, "testcluster-3", setup="module load broken")
-    rc, checks = doctor(hpclab, "testcluster-3")
-    assert rc == 2 and checks["environment"]["status"] == "fail", checks
-    assert checks["environment"]["detail"].endswith(": module load broken")
+    with_profile(hpclab, setup=[], modules=["jupyter", "broken"])
+    rc, checks = doctor(hpclab)
+    assert rc == 2 and checks["environment"]["detail"] == "module broken does not load on the login node", checks
     assert "cuda" in checks["environment"]["hint"]  # Lmod's own words: the missing prerequisite
-    with_profile(hpclab, "testcluster-3", setup=["module load python", "module load no-such-module"])
+    assert "jupyter" not in checks  # not looked for in an environment that did not load
+    with_profile(hpclab, setup=[], modules=["no-such-module"])
+    rc, checks = doctor(hpclab)
+    assert rc == 2 and checks["environment"]["detail"] == "module no-such-module does not load on the login node"
+    assert 'unknown' in checks["environment"]["hint"] and '"no-such-module"' in checks["environment"]["hint"]
+
+
+def test_a_failing_setup_line_is_named_for_a_tcsh_user(cluster: Cluster, hpclab: Hpclab) -> None:
+    # hpcuser3: tcsh, rc files with a banner; the setup runs in bash with Lmod through BASH_ENV, as in a job
+    with_profile(hpclab, "testcluster-3", setup=["module load python", "module load broken"])
     rc, checks = doctor(hpclab, "testcluster-3")
-    assert rc == 2 and checks["environment"]["detail"].endswith(": module load no-such-module")
-    assert '"no-such-module"' in checks["environment"]["hint"]
+    assert rc == 2 and checks["environment"]["detail"].endswith(": module load broken"), checks
+    assert "cuda" in checks["environment"]["hint"]
 
 
 def test_a_bad_partition_is_refused_in_slurms_words(cluster: Cluster, hpclab: Hpclab) -> None:
@@ -75,11 +87,26 @@ def test_more_than_a_node_has_is_refused(cluster: Cluster, hpclab: Hpclab) -> No
 
 
 def test_a_missing_venv_is_named(cluster: Cluster, hpclab: Hpclab) -> None:
+    with_profile(hpclab, setup=[], venv="~/venvs/missing")
+    rc, checks = doctor(hpclab)
+    assert rc == 2 and checks["environment"]["detail"] == "venv ~/venvs/missing does not load on the login node"
+    assert f"{cluster.home()}/venvs/missing is not a virtual environment" in checks["environment"]["hint"]
+    assert "jupyter" not in checks
     with_profile(hpclab, setup="source ~/venvs/missing/bin/activate")
     rc, checks = doctor(hpclab)
     assert rc == 2 and checks["environment"]["detail"].endswith(": source ~/venvs/missing/bin/activate")
     assert "No such file or directory" in checks["environment"]["hint"]
-    assert "jupyter" not in checks
+
+
+def test_each_kernel_environment_is_checked(cluster: Cluster, hpclab: Hpclab) -> None:
+    kernels = [{"name": "env2", "modules": ["env2"]}, {"name": "noipy", "modules": ["python"]}]
+    with_profile(hpclab, "testcluster-3", setup=[], modules=["jupyter"], kernels=kernels)
+    rc, checks = doctor(hpclab, "testcluster-3")
+    assert rc == 2 and checks["environment"]["status"] == "ok" and checks["jupyter"]["status"] == "ok"
+    assert checks["kernel env2"]["status"] == "ok"
+    env2 = checks["kernel env2"]["detail"]
+    assert env2.startswith("ipykernel ") and str(cluster.env2_venv) in env2
+    assert checks["kernel noipy"]["status"] == "fail" and "has no ipykernel" in checks["kernel noipy"]["detail"]
 
 
 def test_the_users_real_jupyter_config_is_read(cluster: Cluster, hpclab: Hpclab) -> None:

@@ -332,3 +332,65 @@ def test_no_session_dir_is_made_without_job(local: Local) -> None:
     jupyter_stand_in(local)
     doctor(local)
     assert not (local.home / ".hpclab").exists()
+
+
+# -- environments as profile keys (envs.py) ---------------------------------------------------
+
+
+def test_env_steps_and_kernels_from_the_probe_captured_on_the_test_cluster() -> None:
+    """envs' probe output (tests/unit/fixtures/envs/probe-failures.txt) as doctor's checks."""
+    from hpclab import envs
+    from hpclab.doctor import EnvResult
+    from hpclab.profiles import from_table
+
+    text = (FIXTURES / "envs/probe-failures.txt").read_text()
+    profile = from_table("p", {"host": "h", "modules": ["jupyter", "nope/1.0", "broken"], "venv": "/opt/hpclab-env2",
+                               "kernels": [{"name": "env2", "venv": "/opt/hpclab-env2"},
+                                           {"name": "bad", "venv": "~/not a venv"},
+                                           {"name": "noipy", "modules": ["python"]},
+                                           {"name": "r", "argv": ["R", "{connection_file}"]},
+                                           {"name": "c", "conda": "lab"}]}, where="x", source="x")
+    report = envs.parse_probe(text)
+    failed_env = EnvResult(False, None, "", None, None, {}, report, report)
+    (check,) = environment_checks(failed_env, "", "the login node", rc=78, profile=profile)
+    assert check.status == FAIL
+    assert check.detail == "module nope/1.0 does not load on the login node (also: module broken)"
+    assert '"nope/1.0"' in str(check.hint) and "cuda" in str(check.hint) and "\n\n\n" not in str(check.hint)
+    loaded = EnvResult(True, None, "", "/opt/hpclab-jupyter/bin/jupyter", "2.21.1", {}, envs.parse_probe(
+        "@@hpclab-env {\"step\": \"module\", \"what\": \"jupyter\", \"ok\": true}\n" * 3
+        + "@@hpclab-env {\"step\": \"venv\", \"what\": \"/opt/hpclab-env2\", \"ok\": true}\n"
+        + "@@hpclab-env {\"step\": \"end\"}"),
+        report)
+    checks = {c.name: c for c in environment_checks(loaded, "", "node1", profile=profile)}
+    assert checks["environment on node1"].status == OK
+    assert checks["environment on node1"].detail.startswith("module jupyter, module nope/1.0, module broken, venv ")
+    assert checks["kernel env2 on node1"].status == OK and "ipykernel 7.4.0" in checks["kernel env2 on node1"].detail
+    assert checks["kernel bad on node1"].detail == "venv ~/not a venv does not load on node1"
+    assert checks["kernel noipy on node1"].detail.endswith("python has no ipykernel on node1")
+    assert checks["kernel r on node1"].detail == "R is not on PATH in its environment on node1"
+    assert "no conda, mamba or micromamba found" in str(checks["kernel c on node1"].hint)
+
+
+def test_a_venv_key_that_is_not_a_venv_is_named_through_local_remote(local: Local) -> None:
+    local.config('[profiles.v]\nhost = "localhost"\nscheduler = "none"\nvenv = "~/venvs/not there"\n')
+    jupyter_stand_in(local)
+    rc, checks = doctor(local, "v")
+    assert rc == 2 and checks["environment"]["detail"] == "venv ~/venvs/not there does not load on the login node"
+    assert "is not a virtual environment" in str(checks["environment"]["hint"])
+
+
+def test_a_venv_key_that_loads_is_used_for_jupyter_and_a_kernel_without_ipykernel_fails(local: Local) -> None:
+    venv = local.home / "venvs" / "lab" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "activate").write_text(f'PATH="{venv}:$PATH"\n')
+    (venv / "jupyter").write_text('#!/bin/sh\n[ "$1 $2" = "server --version" ] && echo 2.20.0\n')
+    (venv / "jupyter").chmod(0o755)
+    (venv / "python").write_text("#!/bin/sh\nexit 1\n")  # no ipykernel (nor anything else) here
+    (venv / "python").chmod(0o755)
+    local.config('[profiles.v]\nhost = "localhost"\nscheduler = "none"\nvenv = "~/venvs/lab"\n'
+                 'kernels = [{ name = "same", venv = "~/venvs/lab" }]\n')
+    rc, checks = doctor(local, "v")
+    assert checks["environment"]["status"] == OK
+    assert checks["jupyter"]["detail"] == f"{venv}/jupyter: jupyter_server 2.20.0"
+    assert rc == 2 and checks["kernel same"]["status"] == FAIL
+    assert "has no ipykernel" in str(checks["kernel same"]["detail"])

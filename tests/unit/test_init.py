@@ -260,6 +260,14 @@ def test_a_config_file_that_is_not_toml_is_not_added_to(tmp_path: Path) -> None:
     assert path.read_text() == "[profiles.a\n"
 
 
+def test_kernels_are_written_as_inline_tables() -> None:
+    kernels = [{"name": "r", "modules": ["R/4.3"], "argv": ["R", "-e", 'x"y', "{connection_file}"]}, {"name": "b"}]
+    block = profile_block("x", {"host": "h", "kernels": kernels})
+    assert 'kernels = [{ name = "r", modules = ["R/4.3"], argv = ["R", "-e", "x\\"y", "{connection_file}"] }, ' \
+           '{ name = "b" }]' in block
+    assert tomllib.loads(block)["profiles"]["x"]["kernels"] == kernels
+
+
 def test_profile_block_is_what_the_user_sees() -> None:
     assert profile_block("x y", {"host": "h", "cpus": 2}) == (
         '[profiles."x y"]\n# written by hpclab init; `hpclab doctor` checks it\nhost = "h"\ncpus = 2\n')
