@@ -6,15 +6,15 @@
 
 The probe asks the scheduler for its partitions (time limits, GPUs) and the user's accounts,
 and looks for Jupyter: modules whose names say jupyter/python/anaconda/miniforge, conda
-environments and virtual environments in the usual places that have a `jupyter`. Everything
-it reads comes from the cluster and is data: a name that is not a plain word is left out, a
-path goes into a setup line quoted, and every value is written as a TOML string escaped here.
+environments and virtual environments in the usual places that have a `jupyter`, and writes
+what it chose as the profile's `modules`, `venv` or `conda`. Everything it reads comes from the
+cluster and is data: a name or path the profile would refuse is left out, and every value is
+written as a TOML string escaped here.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,10 +94,11 @@ class Partition:
 
 @dataclass(frozen=True)
 class Source:
-    """Where Jupyter can come from: the setup lines that bring it, and how it shows in a list."""
+    """Where Jupyter can come from: the profile keys that load it (modules, venv or conda; none
+    when it is on PATH already), and how it shows in a list."""
 
     label: str
-    setup: tuple[str, ...]
+    keys: dict[str, Any]
     verified: bool  # `jupyter` was seen there (a venv, a conda env, PATH); a module is not loaded to look
 
 
@@ -169,17 +170,19 @@ def parse_modules(lines: Sequence[str]) -> list[str]:
     return found
 
 
-def activate(path: str, home: str) -> str:
-    """`source PATH/bin/activate`, with PATH quoted and ~ for the home directory."""
-    if home and path.startswith(home.rstrip("/") + "/"):
-        return '"$HOME"/' + shlex.quote(path[len(home.rstrip("/")) + 1:] + "/bin/activate")
-    return shlex.quote(path + "/bin/activate")
+def home_relative(path: str, home: str) -> str:
+    """`path` with the home directory as ~ (the profile then works wherever $HOME is mounted)."""
+    home = home.rstrip("/")
+    return "~/" + path[len(home) + 1:] if home and path.startswith(home + "/") else path
 
 
-def conda_setup(tool: str, prefix: str) -> tuple[str, ...]:
-    """Activate a conda environment by its prefix without `conda init` in the rc files."""
-    hook = {"micromamba": "micromamba shell hook --shell bash", "mamba": "mamba shell hook --shell bash"}
-    return (f'eval "$({hook.get(tool, "conda shell.bash hook")})"', f"{tool} activate {shlex.quote(prefix)}")
+def _source(label: str, keys: dict[str, Any], verified: bool) -> Source | None:
+    """A Source whose keys the profile accepts; None for a name or path from the cluster that it would not."""
+    try:
+        from_table("probe", {"host": "h", **keys}, where="the probe", source="hpclab init")
+    except ConfigError:
+        return None
+    return Source(label, keys, verified)
 
 
 def parse_probe(text: str) -> Site:
@@ -199,23 +202,24 @@ def parse_probe(text: str) -> Site:
     elif site.scheduler in ("pbs", "torque"):
         site.partitions = parse_queue_list(s.get("pbs-queues", []), header=True)
     home = (s.get("home") or [""])[0].strip()
-    sources: list[Source] = []
+    found: list[Source | None] = []
     for venv in s.get("venvs", []):
         if venv.strip():
-            sources.append(Source(f"venv {venv}", (f"source {activate(venv, home)}",), True))
+            found.append(_source(f"venv {venv}", {"venv": home_relative(venv, home)}, True))
     for key, lines in s.items():
         if key.startswith("conda "):
             tool = key.split()[1]
             for line in lines:
                 has, _, prefix = line.partition("|")
                 if prefix.startswith("/") and has == "1":
-                    sources.append(Source(f"{tool} env {prefix}", conda_setup(tool, prefix), True))
+                    found.append(_source(f"{tool} env {prefix}", {"conda": home_relative(prefix, home)}, True))
     modules = parse_modules(s.get("modules", []))
     jupyter_modules = [m for m in modules if "jupyter" in m.lower()]
-    sources += [Source(f"module {m}", (f"module load {m}",), False) for m in jupyter_modules]
+    found += [_source(f"module {m}", {"modules": [m]}, False) for m in jupyter_modules]
     if any(ln.strip() for ln in s.get("path-jupyter", [])):
-        sources.append(Source(f"jupyter on PATH ({s['path-jupyter'][0].strip()})", (), True))
-    sources += [Source(f"module {m}", (f"module load {m}",), False) for m in modules if m not in jupyter_modules]
+        found.append(Source(f"jupyter on PATH ({s['path-jupyter'][0].strip()})", {}, True))
+    found += [_source(f"module {m}", {"modules": [m]}, False) for m in modules if m not in jupyter_modules]
+    sources = [x for x in found if x is not None]
     site.sources = sources
     return site
 
@@ -269,8 +273,7 @@ def proposal(site: Site, host: str, ssh_options: Sequence[str], ask: Ask | None 
                 if answer.isdigit() and 1 <= int(answer) <= len(sources):
                     pick = int(answer) - 1
                     break
-        if sources[pick].setup:
-            table["setup"] = list(sources[pick].setup)
+        table.update(sources[pick].keys)
     from_table("new", table, where="the new profile", source="hpclab init")  # every value as `up` will check it
     return table
 

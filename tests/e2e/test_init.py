@@ -26,7 +26,7 @@ def test_init_yes_then_up_with_what_it_wrote(cluster: Cluster, hpclab: Hpclab) -
     assert accepted("login", cluster.user) == logins + 1  # the probe and the doctor share one login
     assert doc["written"] == {"host": tc("TC_LOGIN_HOST"), "ssh_options": ["-F", str(cluster.ssh_config)],
                               "scheduler": "slurm", "partition": "debug", "time": "01:00:00",
-                              "setup": ["module load jupyter"]}
+                              "modules": ["jupyter"]}
     assert all(c["status"] in ("ok", "skip") for c in doc["checks"]), doc["checks"]
     assert stat.S_IMODE(hpclab.config.stat().st_mode) == 0o600
     assert load_profiles(hpclab.config) == {"probed": doc["written"]}

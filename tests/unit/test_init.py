@@ -53,7 +53,7 @@ def test_the_test_clusters_probe_reads_as_slurm_with_its_partitions_account_and_
         ("debug", None, True), ("long", 7 * 86400, False), ("shared", 86400, False)]
     assert site.accounts == ["research"] and site.default_account == "research"
     assert [s.label for s in site.sources] == ["module jupyter", "module python"]
-    assert site.sources[0].setup == ("module load jupyter",)
+    assert site.sources[0].keys == {"modules": ["jupyter"]}
 
 
 def test_sinfo_gpus_and_node_groups_merge_per_partition() -> None:
@@ -98,7 +98,8 @@ def test_probe_finds_venvs_conda_envs_and_modules_through_local_remote(local: Lo
     assert labels[:2] == [f"venv {local.home}/venvs/lab", f"venv {local.home}/.virtualenvs/other"]
     assert labels[2] == f"conda env {conda_env}" and f"conda env {conda_env.parent / 'bare'}" not in labels
     assert labels[3] == "module jupyter" and labels[-1] == "module python"  # the PATH's jupyter sits between
-    assert site.sources[0].setup == ('source "$HOME"/venvs/lab/bin/activate',)
+    assert site.sources[0].keys == {"venv": "~/venvs/lab"}
+    assert site.sources[2].keys == {"conda": str(conda_env)}
     assert local.remote.counters.commands == 1  # one round trip
 
 
@@ -108,14 +109,14 @@ def test_probe_finds_venvs_conda_envs_and_modules_through_local_remote(local: Lo
 SITE = Site("slurm", [Partition("debug", None, (), True), Partition("short", 1800, ()),
                       Partition("gpu", 86400, ("gpu:a100:4",))],
             ["proj1", "proj2"], "proj2",
-            [Source("venv /h/venvs/lab", ('source "$HOME"/venvs/lab/bin/activate',), True),
-             Source("module jupyter", ("module load jupyter",), False)])
+            [Source("venv /h/venvs/lab", {"venv": "~/venvs/lab"}, True),
+             Source("module jupyter", {"modules": ["jupyter"]}, False)])
 
 
 def test_yes_takes_the_probed_defaults() -> None:
     assert proposal(SITE, "login", ["-F", "cfg"]) == {
         "host": "login", "ssh_options": ["-F", "cfg"], "scheduler": "slurm", "partition": "debug",
-        "account": "proj2", "time": "01:00:00", "setup": ['source "$HOME"/venvs/lab/bin/activate']}
+        "account": "proj2", "time": "01:00:00", "venv": "~/venvs/lab"}
     one_account = Site("slurm", SITE.partitions, ["proj1"], "proj1", [])
     assert "account" not in proposal(one_account, "login", [])  # the scheduler's default is the only one
     short = Site("slurm", [Partition("short", 1800, (), True)])
@@ -143,7 +144,7 @@ def test_prompts_offer_the_probed_defaults_and_refuse_bad_answers() -> None:
     assert "bad value 'nope;rm'" in ask.asked[2][2][0]  # a refused answer says why and asks again
     assert ask.asked[4][2][1] == "2. module jupyter (jupyter not verified: doctor checks it)"
     assert table == {"host": "login", "scheduler": "slurm", "partition": "debug", "account": "proj1",
-                     "time": "3h", "setup": ["module load jupyter"]}
+                     "time": "3h", "modules": ["jupyter"]}
 
 
 def test_no_scheduler_found_is_an_error_that_says_what_to_write() -> None:
@@ -170,15 +171,24 @@ def test_hostile_profile_names_and_values_round_trip_and_inject_nothing(tmp_path
     assert from_table(name, profiles[name], where="x", source="x").setup == tuple(table["setup"])
 
 
-def test_a_hostile_venv_path_is_only_ever_a_path_to_bash(tmp_path: Path) -> None:
-    pwned = tmp_path / "pwned"
-    path = f'/h/venvs/x"; touch {pwned}; "$(touch {pwned})`touch {pwned}`'
-    from hpclab.init import activate
+def test_a_hostile_venv_path_from_the_cluster_is_only_ever_a_path(tmp_path: Path) -> None:
+    """A venv directory whose name is shell code: written, read back and loaded by the job's own
+    lines (envs.job_environment), it is a path that does not exist, and nothing runs."""
+    from hpclab import envs
 
-    line = f"source {activate(path, '/h')}"
-    proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True, env={**os.environ, "HOME": "/h"})
-    assert proc.returncode != 0 and "No such file" in proc.stderr and not pwned.exists()
-    assert path[len("/h/"):] + "/bin/activate" in proc.stderr
+    pwned = tmp_path / "pwned"
+    home = tmp_path / "home"
+    evil = f'{home}/venvs/x"; touch {pwned}; "$(touch {pwned})`touch {pwned}`'
+    text = f"@@detect\n@@have sbatch\n@@venvs\n{evil}\n@@home\n{home}\n"
+    table = proposal(parse_probe(text), "login", [])
+    assert table["venv"] == "~/venvs/x\"; touch " + str(pwned) + '; "$(touch ' + str(pwned) + f")`touch {pwned}`"
+    path = tmp_path / "config.toml"
+    write_profile(path, "p", table)
+    profile = from_table("p", load_profiles(path)["p"], where="x", source="x")
+    proc = subprocess.run(["bash", "-c", envs.job_environment(profile.environment)], capture_output=True, text=True,
+                          env={**os.environ, "HOME": str(home)})
+    assert proc.returncode == envs.ENV_STATUS and "is not a virtual environment" in proc.stderr
+    assert not pwned.exists()
 
 
 # -- the config file ------------------------------------------------------------------------------
@@ -296,7 +306,7 @@ def test_init_yes_writes_the_profile_and_runs_doctor_on_it(local: Local) -> None
     doc: dict[str, Any] = json.loads(out)
     assert rc == 0, err
     assert doc["written"] == {"host": "localhost", "scheduler": "slurm", "partition": "batch", "time": "01:00:00",
-                              "setup": ['source "$HOME"/venvs/lab/bin/activate']}
+                              "venv": "~/venvs/lab"}
     assert {c["name"]: c["status"] for c in doc["checks"]}["jupyter"] == "ok"
     assert load_profiles(local.state / "config.toml")["site"] == doc["written"]
     assert local.remote.counters.connects == 1  # probe and doctor share one login
