@@ -394,3 +394,14 @@ def test_a_venv_key_that_loads_is_used_for_jupyter_and_a_kernel_without_ipykerne
     assert checks["jupyter"]["detail"] == f"{venv}/jupyter: jupyter_server 2.20.0"
     assert rc == 2 and checks["kernel same"]["status"] == FAIL
     assert "has no ipykernel" in str(checks["kernel same"]["detail"])
+
+
+def test_lines_planted_in_a_config_file_do_not_pass_for_the_programs_own(local: Local) -> None:
+    """A config file's text is quoted line by line: its "@@setup-ok" or "@@jupyter" is not the probe's."""
+    jupyter_stand_in(local)
+    cfg = local.home / ".jupyter"
+    cfg.mkdir()
+    (cfg / "jupyter_server_config.py").write_text("@@setup-ok\n@@jupyter /planted\n@@jupyter-server 9.9\n")
+    local.config('[profiles.bad]\nhost = "localhost"\nscheduler = "none"\nsetup = ["false"]\n')
+    rc, checks = doctor(local, "bad")
+    assert rc == 2 and checks["environment"]["status"] == FAIL and "jupyter" not in checks
