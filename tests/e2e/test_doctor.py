@@ -10,8 +10,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import tomllib
-from lab import Hpclab, hpclab, session_dirs, tc, tcx, user_jobs
+from lab import Hpclab, hpclab, session_dirs, sge_jobs, tc, tcx, user_jobs
 
 from hpclab.init import profile_block
 
@@ -135,3 +136,24 @@ def test_job_reaches_the_node_loads_the_environment_there_and_cancels_the_job(cl
     assert cluster.wait_job(job, ("CANCELLED",)) == "CANCELLED"
     assert user_jobs(cluster.user) == []
     assert not list(Path(hpclab.home).glob("state/sessions/*.json"))
+
+
+def test_an_unknown_host_key_stops_at_ssh_with_exit_3(cluster: Cluster, hpclab: Hpclab, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with_profile(hpclab, ssh_options=["-o", f"UserKnownHostsFile={empty}", "-F", str(cluster.ssh_config)])
+    rc, checks = doctor(hpclab)
+    assert rc == 3 and list(checks) == ["profile", "ssh"]
+    assert checks["ssh"]["detail"] == "the host key of tc-login is not known or does not match"
+
+
+def test_grid_engine_verifies_the_request_without_queueing_it(cluster: Cluster, hpclab: Hpclab) -> None:
+    if not cluster.sge:
+        pytest.skip("the test cluster runs without Grid Engine (HPCLAB_TC_SGE=0)")
+    rc, checks = doctor(hpclab, "testcluster-sge")
+    assert rc == 0 and checks["scheduler"]["detail"].startswith("Grid Engine would accept")
+    assert "found suitable queue" in checks["scheduler"]["detail"]
+    with_profile(hpclab, "testcluster-sge", partition="nope.q")
+    rc, checks = doctor(hpclab, "testcluster-sge")
+    assert rc == 4 and 'unknown queue "nope.q"' in checks["scheduler"]["detail"]
+    assert sge_jobs(cluster.user) == []
