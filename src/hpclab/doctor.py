@@ -409,7 +409,7 @@ def run_environment(remote: Remote, profile: Profile) -> tuple[EnvResult, str, i
 
 
 def diagnose(ctx: Context, profile_name: str, *, job: bool = False,
-             flags: dict[str, object] | None = None, max_wait: int = 180,
+             flags: dict[str, object] | None = None, max_wait: int | None = None,
              sleep: Callable[[float], None] = time.sleep) -> Diagnosis:
     """Every check of `profile_name`, in order; a step whose prerequisite failed is skipped.
     HpclabErrors become failed checks; Ctrl-C (Interrupted) propagates, after the test job
@@ -456,7 +456,8 @@ def diagnose(ctx: Context, profile_name: str, *, job: bool = False,
     elif result.failed:
         add(Check(node_name, SKIP, "not checked: no test job while another check fails"))
     else:
-        result.checks.extend(_job_checks(ctx, cluster, profile, max_wait, sleep))
+        wait = max_wait or profile.max_wait or 180  # the test job waits in the queue at most this long
+        result.checks.extend(_job_checks(ctx, cluster, profile, wait, sleep))
     ctx.close_unused(cluster)
     return result
 

@@ -5,6 +5,7 @@ commands. `init --yes` followed by a real `up` is in tests/e2e/test_doctor.py.""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_json_contract import documented
 
 from conftest import Local
 from hpclab.errors import ConfigError
@@ -305,6 +307,8 @@ def test_init_yes_writes_the_profile_and_runs_doctor_on_it(local: Local) -> None
     rc, out, err = local.hpclab("init", "site", "--host", "localhost", "--yes", "--json")
     doc: dict[str, Any] = json.loads(out)
     assert rc == 0, err
+    assert set(doc) == documented()["hpclab init --json"]
+    assert [set(c) for c in doc["checks"]] == [documented()["hpclab doctor --json"]] * len(doc["checks"])
     assert doc["written"] == {"host": "localhost", "scheduler": "slurm", "partition": "batch", "time": "01:00:00",
                               "venv": "~/venvs/lab"}
     assert {c["name"]: c["status"] for c in doc["checks"]}["jupyter"] == "ok"
@@ -324,3 +328,38 @@ def test_init_refuses_unsafe_ssh_options(local: Local) -> None:
     rc, _, err = local.hpclab("init", "x", "--host", "localhost", "--ssh-options", "-o StrictHostKeyChecking=no",
                               "--yes")
     assert rc == 2 and "StrictHostKeyChecking=no" in err and local.remote.counters.connects == 0
+
+
+class Terminal(io.StringIO):
+    """Answers typed on a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_init_asks_before_replacing_and_asks_each_value(local: Local,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    slurm_stand_ins(local)
+    config = local.state / "config.toml"
+    before = config.read_text()
+    monkeypatch.setattr(sys, "stdin", Terminal("n\n"))
+    rc, _, err = local.hpclab("init", "local", "--host", "localhost")
+    assert rc == 2 and "replace it? (y/N)" in err and "left as it was" in err
+    assert config.read_text() == before and local.remote.counters.connects == 0
+
+    # yes; partition: the default; account: another; time: 2h; Jupyter: the first source
+    monkeypatch.setattr(sys, "stdin", Terminal("y\n\nother\n2h\n\n"))
+    rc, _, err = local.hpclab("init", "local", "--host", "localhost")
+    assert rc == 0, err
+    assert "partition [batch]: " in err and "time limit [01:00:00]: " in err and "  1. venv " in err
+    profiles = load_profiles(config)
+    assert profiles["local"] == {"host": "localhost", "scheduler": "slurm", "partition": "batch", "account": "other",
+                                 "time": "2h", "venv": "~/venvs/lab"}
+    assert profiles["local-auto"]["host"] == "localhost"  # the other profile is as it was
+
+
+def test_yes_on_a_terminal_never_asks(local: Local, monkeypatch: pytest.MonkeyPatch) -> None:
+    slurm_stand_ins(local)
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    rc, _, err = local.hpclab("init", "new", "--host", "localhost", "--yes")
+    assert rc == 0 and "partition [" not in err and "replace it" not in err, err
