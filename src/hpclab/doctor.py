@@ -487,7 +487,7 @@ def _job_checks(ctx: Context, cluster: Cluster, profile: Profile, max_wait: int,
         ctx.store.save(rec)
         deadline = time.monotonic() + max_wait
         while True:
-            snap = cluster.poll(rec.id, 5.0, True, rec.job_id)
+            snap = cluster.poll(rec.id, max(0.5, min(5.0, deadline - time.monotonic())), True, rec.job_id)
             if snap.started:
                 break
             if snap.job and snap.job.state.ended:

@@ -405,3 +405,18 @@ def test_lines_planted_in_a_config_file_do_not_pass_for_the_programs_own(local: 
     local.config('[profiles.bad]\nhost = "localhost"\nscheduler = "none"\nsetup = ["false"]\n')
     rc, checks = doctor(local, "bad")
     assert rc == 2 and checks["environment"]["status"] == FAIL and "jupyter" not in checks
+
+
+def test_a_test_job_that_does_not_start_in_time_is_cancelled_and_said(local: Local) -> None:
+    from hpclab.doctor import diagnose
+    from hpclab.paths import Paths
+    from hpclab.session import Context
+
+    jupyter_stand_in(local)
+    local.fake("hostname", "#!/bin/sh\nsleep 30\n")  # the test job never says where it runs
+    ctx = Context(Paths.from_env(), lambda host, opts: local.remote)
+    result = diagnose(ctx, "local", job=True, max_wait=1)
+    checks = {c.name: c for c in result.checks}
+    assert result.exit_code == 0 and checks["test job"].status == WARN
+    assert "did not start within 1 s; cancelled" in checks["test job"].detail
+    assert local.session_ids() == [] and not list((local.state / "state").glob("sessions/*.json"))
