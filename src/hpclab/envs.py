@@ -165,8 +165,11 @@ def _conda_word(conda: str) -> str:
 #   have it, so the usual init files of Lmod and Environment Modules are read when it is missing.
 # - conda is activated without `conda init` in rc files: the executable's own hook defines the
 #   shell function (conda: `conda shell.bash hook`; mamba 2 and micromamba: `shell hook --shell
-#   bash`), which then activates. It is looked for after the modules loaded (a module may bring
-#   it): $CONDA_EXE, PATH, $MAMBA_EXE, then the usual install places under $HOME.
+#   bash`, whose function calls $MAMBA_EXE), which then activates. It is looked for after the
+#   modules loaded (a module may bring it): $CONDA_EXE, PATH, $MAMBA_EXE, then the usual install
+#   places under $HOME.
+# - Environment Modules 3.2 (the old C version) returns 0 when a load fails; Lmod and
+#   Environment Modules 4+ return non-zero, which is what is checked here.
 LIBRARY = r"""hpclab_fail() { printf 'hpclab: %s\n' "$*" >&2; return 1; }
 hpclab_module() {
   local f
@@ -194,7 +197,7 @@ hpclab_conda() {
   tool=${exe##*/}
   case $tool in
     conda) hook=$("$exe" shell.bash hook) ;;
-    mamba|micromamba) hook=$("$exe" shell hook --shell bash) ;;
+    mamba|micromamba) export MAMBA_EXE="$exe"; hook=$("$exe" shell hook --shell bash) ;;
     *) hpclab_fail "cannot activate the conda environment $1: $exe is not conda, mamba or micromamba"; return ;;
   esac || { hpclab_fail "$exe could not print its shell hook (status $?)"; return; }
   eval "$hook" || { hpclab_fail "the shell hook of $exe failed (status $?)"; return; }

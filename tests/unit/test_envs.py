@@ -73,28 +73,30 @@ def test_probe_banner_lines_are_not_steps() -> None:
 # -- the probe, run here with real bash (no modules, no conda on this machine) ----------------
 
 
-def run_probe(env: Environment, kernels: tuple[Kernel, ...] = (), home: Path | None = None) -> envs.EnvReport:
-    environ = {"PATH": os.environ["PATH"], "HOME": str(home or Path.cwd())}
+def run_probe(env: Environment, kernels: tuple[Kernel, ...], home: Path) -> envs.EnvReport:
+    environ = {"PATH": os.environ["PATH"], "HOME": str(home)}
     out = subprocess.run(["bash", "-s"], input=envs.probe_program(env, kernels), capture_output=True, text=True,
-                         env=environ, timeout=60, check=False)
+                         env=environ, timeout=60, check=False, cwd=home)
     return parse_probe(out.stdout)
 
 
 def test_probe_venv_that_is_not_one(tmp_path: Path) -> None:
     (tmp_path / "plain dir").mkdir()
-    report = run_probe(Environment(venv="~/plain dir"), home=tmp_path)
+    report = run_probe(Environment(venv="~/plain dir"), (Kernel("k", env=Environment(venv="~/plain dir")),), tmp_path)
     assert report.complete
     step = report.steps[0]
     assert (step.step, step.what, step.ok) == ("venv", "~/plain dir", False)
     assert f"{tmp_path}/plain dir is not a virtual environment" in step.error
+    # the kernel's launcher would stop there: what it would start is not checked
+    assert [(s.step, s.ok) for s in report.kernels[0].steps] == [("venv", False)]
 
 
 def test_probe_hostile_names_stay_data(tmp_path: Path) -> None:
     kernels = tuple(Kernel(f"k{i}", env=Environment(venv=v)) for i, v in enumerate(HOSTILE))
-    report = run_probe(Environment(venv=HOSTILE[0]), kernels, home=tmp_path)
+    report = run_probe(Environment(venv=HOSTILE[0]), kernels, tmp_path)
     assert report.complete
     assert [s.what for k in report.kernels for s in k.steps] == list(HOSTILE)
-    assert not (tmp_path / "owned").exists() and not (Path.cwd() / "owned").exists()
+    assert not (tmp_path / "owned").exists()
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -298,7 +300,7 @@ def start_kernel(tmp_path: Path, name: str, **extra: str) -> subprocess.Complete
     """What jupyter_client does: the spec's argv with {connection_file} replaced, run as a process."""
     argv = [str(a).replace("{connection_file}", str(tmp_path / "kernel-1.json")) for a in spec(tmp_path, name)["argv"]]
     environ = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LOG": str(tmp_path / "log"), **extra}
-    return subprocess.run(argv, capture_output=True, text=True, env=environ, timeout=60, check=False)
+    return subprocess.run(argv, capture_output=True, text=True, env=environ, timeout=60, check=False, cwd=tmp_path)
 
 
 def test_kernel_specs_and_launchers_are_private(tmp_path: Path) -> None:
@@ -432,3 +434,13 @@ def test_the_job_script_gets_the_environment(tmp_path: Path) -> None:
                                        "command jupyter lab")]
     assert order == sorted(order)
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_a_value_that_spells_the_heredoc_end_stays_data(tmp_path: Path) -> None:
+    # a line "HPCLAB_KERNEL" inside a launcher would end its here-document early and run the rest
+    evil = "a\nHPCLAB_KERNEL\ntouch owned\nHPCLAB_KERNEL_\ntouch owned"
+    out = render_kernels(tmp_path, (Kernel("k", argv=("printf", "%s", evil, "{connection_file}")),))
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "owned").exists()
+    started = start_kernel(tmp_path, "k")
+    assert started.stdout == evil + f"{tmp_path}/kernel-1.json"

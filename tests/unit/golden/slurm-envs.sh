@@ -87,7 +87,7 @@ hpclab_conda() {
   tool=${exe##*/}
   case $tool in
     conda) hook=$("$exe" shell.bash hook) ;;
-    mamba|micromamba) hook=$("$exe" shell hook --shell bash) ;;
+    mamba|micromamba) export MAMBA_EXE="$exe"; hook=$("$exe" shell hook --shell bash) ;;
     *) hpclab_fail "cannot activate the conda environment $1: $exe is not conda, mamba or micromamba"; return ;;
   esac || { hpclab_fail "$exe could not print its shell hook (status $?)"; return; }
   eval "$hook" || { hpclab_fail "the shell hook of $exe failed (status $?)"; return; }
@@ -200,7 +200,7 @@ hpclab_conda() {
   tool=${exe##*/}
   case $tool in
     conda) hook=$("$exe" shell.bash hook) ;;
-    mamba|micromamba) hook=$("$exe" shell hook --shell bash) ;;
+    mamba|micromamba) export MAMBA_EXE="$exe"; hook=$("$exe" shell hook --shell bash) ;;
     *) hpclab_fail "cannot activate the conda environment $1: $exe is not conda, mamba or micromamba"; return ;;
   esac || { hpclab_fail "$exe could not print its shell hook (status $?)"; return; }
   eval "$hook" || { hpclab_fail "the shell hook of $exe failed (status $?)"; return; }
