@@ -433,6 +433,17 @@ def diagnose(ctx: Context, profile_name: str, *, job: bool = False,
     add(Check("ssh", OK, f"logged in to {profile.host} (its host key is known and matches)"))
 
     try:
+        _after_login(ctx, cluster, profile, result, job, max_wait, sleep)
+    finally:
+        ctx.close_unused(cluster)  # the login master stays only for sessions that need it
+    return result
+
+
+def _after_login(ctx: Context, cluster: Cluster, profile: Profile, result: Diagnosis, job: bool,
+                 max_wait: int | None, sleep: Callable[[float], None]) -> None:
+    """The checks that need the login node: the scheduler, the environment, the node."""
+    add = result.checks.append
+    try:
         ctx.report("scheduler", "asking the scheduler")
         if cluster.auto:
             profile = replace(profile, scheduler=cluster.detect())
@@ -448,18 +459,18 @@ def diagnose(ctx: Context, profile_name: str, *, job: bool = False,
     except HpclabError as exc:
         add(_failure("environment", exc))
 
-    node_name = "node ssh"
     if not job:
-        why = ("not needed (transport tcp)" if profile.transport == "tcp"
-               else "not checked: `hpclab doctor --job` runs a short job and connects to its node")
-        add(Check(node_name, SKIP if profile.transport != "tcp" else OK, why))
+        if profile.transport == "tcp":
+            add(Check("node ssh", OK, "not needed (transport tcp)"))
+        elif cluster.scheduler.name == "none":
+            add(Check("node ssh", OK, "not needed: the lab runs on the login host"))
+        else:
+            add(Check("node ssh", SKIP, "not checked: `hpclab doctor --job` runs a short job and connects to its node"))
     elif result.failed:
-        add(Check(node_name, SKIP, "not checked: no test job while another check fails"))
+        add(Check("node ssh", SKIP, "not checked: no test job while another check fails"))
     else:
         wait = max_wait or profile.max_wait or 180  # the test job waits in the queue at most this long
         result.checks.extend(_job_checks(ctx, cluster, profile, wait, sleep))
-    ctx.close_unused(cluster)
-    return result
 
 
 def _job_checks(ctx: Context, cluster: Cluster, profile: Profile, max_wait: int,

@@ -49,6 +49,7 @@ def test_a_good_profile_passes_and_submits_nothing(cluster: Cluster, hpclab: Hpc
     assert rc == 0, checks
     assert checks["scheduler"]["status"] == "ok" and "partition debug" in checks["scheduler"]["detail"]
     assert checks["jupyter"]["detail"].startswith(f"{cluster.jupyter_venv}/bin/jupyter: jupyter_server 2.")
+    assert checks["node ssh"]["status"] == "skip" and "--job" in checks["node ssh"]["detail"]
     human = hpclab("doctor", "testcluster", timeout=300)
     assert human.returncode == 0 and "✓ scheduler: SLURM would accept" in human.stdout, human.stdout
 

@@ -53,9 +53,9 @@ def test_a_good_profile_passes_every_check_and_leaves_nothing(local: Local) -> N
     rc, checks = doctor(local)
     assert rc == 0
     assert [n for n, c in checks.items() if c["status"] == OK] == [
-        "profile", "ssh", "scheduler", "jupyter config", "environment", "jupyter"]
+        "profile", "ssh", "scheduler", "jupyter config", "environment", "jupyter", "node ssh"]
     assert "jupyter_server 2.21.1" in str(checks["jupyter"]["detail"])
-    assert checks["node ssh"]["status"] == "skip"
+    assert checks["node ssh"]["detail"] == "not needed: the lab runs on the login host"  # scheduler none
     assert local.session_ids() == [] and not list((local.state / "state").glob("sessions/*.json"))
 
 
