@@ -22,17 +22,24 @@ if TYPE_CHECKING:
 __all__ = ["hpclab"]
 
 
-def all_jobs() -> set[str]:
-    """Every job SLURM's accounting knows, of every user (asked as root)."""
-    return set(tcx("login", ["sacct", "-a", "-X", "-n", "-P", "-o", "JobID", "-S", "now-1days"]).stdout.split())
+def cluster_now() -> str:
+    return tcx("login", ["date", "+%Y-%m-%dT%H:%M:%S"]).stdout.strip()
+
+
+def jobs_submitted_since(start: str) -> list[str]:
+    """Jobs of every user that SLURM's accounting says were submitted at `start` or later (asked
+    as root). By submit time, not by a before/after difference: an earlier test's job may reach
+    accounting only now."""
+    out = tcx("login", ["sacct", "-a", "-X", "-n", "-P", "-o", "JobID,Submit", "-S", start]).stdout
+    return [job for job, _, submit in (ln.partition("|") for ln in out.splitlines()) if submit >= start]
 
 
 def doctor(tool: Hpclab, profile: str = "testcluster", *extra: str) -> tuple[int, dict[str, dict[str, Any]]]:
-    before = all_jobs() if "--job" not in extra else set()
+    start = cluster_now()
     proc = tool("doctor", profile, "--json", *extra, timeout=300)
     checks = {c["name"]: c for c in json.loads(proc.stdout)}
     if "--job" not in extra:
-        assert all_jobs() == before, "doctor without --job submitted a job"
+        assert jobs_submitted_since(start) == [], "doctor without --job submitted a job"
         assert user_jobs(tc("TC_USER")) == [] and user_jobs(tc("TC_USER3")) == []
     assert session_dirs(tc("TC_USER")) == [] and session_dirs(tc("TC_USER3")) == []
     return proc.returncode, checks
