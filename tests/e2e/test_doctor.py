@@ -26,12 +26,15 @@ def cluster_now() -> str:
     return tcx("login", ["date", "+%Y-%m-%dT%H:%M:%S"]).stdout.strip()
 
 
-def jobs_submitted_since(start: str) -> list[str]:
-    """Jobs of every user that SLURM's accounting says were submitted at `start` or later (asked
-    as root). By submit time, not by a before/after difference: an earlier test's job may reach
-    accounting only now."""
-    out = tcx("login", ["sacct", "-a", "-X", "-n", "-P", "-o", "JobID,Submit", "-S", start]).stdout
-    return [job for job, _, submit in (ln.partition("|") for ln in out.splitlines()) if submit >= start]
+def jobs_submitted_since(start: str) -> set[str]:
+    """Jobs of every user submitted at `start` or later, in any state (asked as root): what
+    slurmctld still holds (it keeps ended jobs for MinJobAge, 600 s here) and what accounting
+    has. By submit time, not a before/after difference: an earlier test's job may reach
+    accounting only now, and a job that ended at once may not be in accounting yet."""
+    held = tcx("login", ["squeue", "-a", "-h", "--states=all", "-o", "%i|%V"]).stdout
+    accounted = tcx("login", ["sacct", "-a", "-X", "-n", "-P", "-o", "JobID,Submit", "-S", start]).stdout
+    lines = (held + accounted).splitlines()
+    return {job for job, _, submit in (ln.partition("|") for ln in lines) if submit >= start}
 
 
 def doctor(tool: Hpclab, profile: str = "testcluster", *extra: str) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -39,7 +42,7 @@ def doctor(tool: Hpclab, profile: str = "testcluster", *extra: str) -> tuple[int
     proc = tool("doctor", profile, "--json", *extra, timeout=300)
     checks = {c["name"]: c for c in json.loads(proc.stdout)}
     if "--job" not in extra:
-        assert jobs_submitted_since(start) == [], "doctor without --job submitted a job"
+        assert jobs_submitted_since(start) == set(), "doctor without --job submitted a job"
         assert user_jobs(tc("TC_USER")) == [] and user_jobs(tc("TC_USER3")) == []
     assert session_dirs(tc("TC_USER")) == [] and session_dirs(tc("TC_USER3")) == []
     return proc.returncode, checks
