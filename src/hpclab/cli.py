@@ -260,6 +260,7 @@ def _cmd_init(args: argparse.Namespace, app: App) -> int:
     import shlex
 
     from . import doctor, init
+    from .errors import ConfigError
 
     def ask(question: str, default: str, shown: Sequence[str]) -> str:
         for line in shown:
@@ -271,9 +272,14 @@ def _cmd_init(args: argparse.Namespace, app: App) -> int:
     def confirm(question: str) -> bool:
         return ask(question + " (y/N)", "N", []).lower() in ("y", "yes")
 
+    try:
+        ssh_options = shlex.split(args.ssh_options)
+    except ValueError as exc:
+        raise ConfigError(f"cannot read --ssh-options: {exc}", hint='quote it as one argument: '
+                          '--ssh-options "-F ~/.ssh/cluster_config"') from None
     interactive = not args.yes and sys.stdin.isatty()
     with interruptible():
-        made = init.init(app.ctx, args.name, args.host, shlex.split(args.ssh_options),
+        made = init.init(app.ctx, args.name, args.host, ssh_options,
                          ask=ask if interactive else None, confirm=confirm if interactive else None)
         ui.initialized(app.console, made, json_mode=args.json)
         result = doctor.diagnose(app.ctx, args.name)

@@ -442,6 +442,8 @@ def init(ctx: Context, name: str, host: str, ssh_options: Sequence[str], *, ask:
     """Probe `host` over one connection and write [profiles.NAME]. Without `confirm` (--yes, no
     terminal) an existing profile of that name is an error; nothing is probed then."""
     path = ctx.paths.config_file
+    if not name.strip():
+        raise ConfigError("the profile needs a name", hint="hpclab init NAME --host HOST")
     from_table(name, {"host": host, "ssh_options": list(ssh_options)}, where="the command line", source="init")
     existing = existing_profiles(path)
     if name in existing:

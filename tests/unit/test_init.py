@@ -363,3 +363,13 @@ def test_yes_on_a_terminal_never_asks(local: Local, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(sys, "stdin", Terminal(""))
     rc, _, err = local.hpclab("init", "new", "--host", "localhost", "--yes")
     assert rc == 0 and "partition [" not in err and "replace it" not in err, err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["init", "x", "--host", "localhost", "--ssh-options", "-F 'unclosed", "--yes"], "cannot read --ssh-options"),
+    (["init", " ", "--host", "localhost", "--yes"], "the profile needs a name"),
+    (["init", "x", "--host=-oProxyCommand=x", "--yes"], "bad value '-oProxyCommand=x' for 'host'"),
+])
+def test_bad_arguments_are_refused_before_connecting(local: Local, argv: list[str], said: str) -> None:
+    rc, _, err = local.hpclab(*argv)
+    assert rc == 2 and said in err and local.remote.counters.connects == 0
