@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import tomllib
-from lab import Hpclab, hpclab, session_dirs, sge_jobs, tc, tcx, user_jobs
+from lab import Hpclab, hpclab, session_dirs, sge_jobs, tc, tcx, user_jobs, wait_for
 
 from hpclab.init import profile_block
 
@@ -168,3 +169,16 @@ def test_grid_engine_verifies_the_request_without_queueing_it(cluster: Cluster, 
     rc, checks = doctor(hpclab, "testcluster-sge")
     assert rc == 4 and 'unknown queue "nope.q"' in checks["scheduler"]["detail"]
     assert sge_jobs(cluster.user) == []
+
+
+def test_job_is_cancelled_when_doctor_is_stopped_while_it_runs(cluster: Cluster, hpclab: Hpclab) -> None:
+    # a setup line that takes its time: doctor is still at work on the node while the job runs
+    with_profile(hpclab, setup=["source /opt/hpclab-jupyter/bin/activate", "sleep 15"])
+    run = hpclab.start("doctor", "testcluster", "--job")
+    jobs = wait_for(lambda: user_jobs(cluster.user), 90, what="the test job")
+    run.wait_stderr("loading the environment on node", timeout=60)
+    run.signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 130, run.stderr()
+    assert cluster.wait_job(jobs[0], ("CANCELLED",)) == "CANCELLED"
+    assert user_jobs(cluster.user) == [] and session_dirs(cluster.user) == []
+    assert not list(Path(hpclab.home).glob("state/sessions/*.json"))
