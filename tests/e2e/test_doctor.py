@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import tomllib
 from lab import Hpclab, hpclab, session_dirs, sge_jobs, tc, tcx, user_jobs, wait_for
+from test_envs import conda_standin
 
 from hpclab.init import profile_block
 
 if TYPE_CHECKING:
     from .conftest import Cluster
 
-__all__ = ["hpclab"]
+__all__ = ["conda_standin", "hpclab"]
 
 
 def cluster_now() -> str:
@@ -182,3 +183,16 @@ def test_job_is_cancelled_when_doctor_is_stopped_while_it_runs(cluster: Cluster,
     assert cluster.wait_job(jobs[0], ("CANCELLED",)) == "CANCELLED"
     assert user_jobs(cluster.user) == [] and session_dirs(cluster.user) == []
     assert not list(Path(hpclab.home).glob("state/sessions/*.json"))
+
+
+def test_a_conda_environment_that_is_not_there_is_named(cluster: Cluster, hpclab: Hpclab,
+                                                        conda_standin: Path) -> None:
+    """conda from the STAND-IN of tests/e2e/emulators/conda (conda cannot be installed here)."""
+    with_profile(hpclab, setup=[], conda="nope", env={"CONDA_EXE": str(conda_standin)})
+    rc, checks = doctor(hpclab)
+    assert rc == 2 and checks["environment"]["detail"] == "conda nope does not load on the login node"
+    assert "EnvironmentNameNotFound: Could not find conda environment: nope" in checks["environment"]["hint"]
+    with_profile(hpclab, setup=[], conda="lab", env={"CONDA_EXE": str(conda_standin)})
+    rc, checks = doctor(hpclab)
+    assert rc == 0, checks
+    assert checks["jupyter"]["detail"].startswith(f"{conda_standin.parent.parent}/envs/lab/bin/jupyter: jupyter_server")
