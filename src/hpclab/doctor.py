@@ -7,11 +7,13 @@ same shell lines the job would run. With `job`, a short job of the profile's sha
 submitted, hpclab connects to its node the way the socket transport does, loads the
 environment there, and cancels the job (also on an error or Ctrl-C).
 
-    diagnosis = diagnose(ctx, "mycluster", job=False)   # a Diagnosis; never raises HpclabError
+    diagnosis = diagnose(ctx, "mycluster", job=False)   # a Diagnosis: failures are checks, not raised
     diagnosis.exit_code                                  # 0, or the code of the first failure
 
 A failed check's exit code is the one `hpclab up` would exit with for the same problem
-(errors.ExitCode): 2 profile or environment, 3 SSH, 4 scheduler, 5 the test job.
+(errors.ExitCode): 2 profile or environment, 3 SSH, 4 scheduler, 5 the test job, 1 anything
+else (a command that did not answer). Only Ctrl-C (or SIGTERM, SIGHUP) leaves diagnose() by
+an exception, after the test job, if any, is cancelled.
 """
 
 from __future__ import annotations
