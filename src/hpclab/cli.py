@@ -276,6 +276,61 @@ def _cmd_code(args: argparse.Namespace, app: App) -> int:
 
     ui.opened(app.console, code(app.ctx, args.id, args.path, confirm), json_mode=args.json)
     return ExitCode.OK
+def _add_doctor(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("doctor", parents=[common], help="check a profile step by step (submits nothing without --job)")
+    p.add_argument("profile", help="a profile name from the config file")
+    p.add_argument("--job", action="store_true",
+                   help="also run a short job: SSH to its node and load the environment there; it is cancelled")
+    p.set_defaults(func=_cmd_doctor)
+
+
+def _cmd_doctor(args: argparse.Namespace, app: App) -> int:
+    from . import doctor
+
+    with interruptible():
+        result = doctor.diagnose(app.ctx, args.profile, job=args.job)
+    ui.checks(app.console, result, json_mode=args.json)
+    return result.exit_code
+
+
+def _add_init(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("init", parents=[common], help="probe a cluster's login node and write a profile for it")
+    p.add_argument("name", help="the new profile's name")
+    p.add_argument("--host", required=True, help="SSH destination of the login node")
+    p.add_argument("--ssh-options", default="", help='extra ssh arguments as one string, e.g. "-F path/to/ssh_config"')
+    p.add_argument("--yes", action="store_true", help="take the probed defaults without asking")
+    p.set_defaults(func=_cmd_init)
+
+
+def _cmd_init(args: argparse.Namespace, app: App) -> int:
+    import shlex
+
+    from . import doctor, init
+    from .errors import ConfigError
+
+    def ask(question: str, default: str, shown: Sequence[str]) -> str:
+        for line in shown:
+            app.console.info(f"  {line}")
+        app.console.err.write(f"{question} [{default}]: ")
+        app.console.err.flush()
+        return sys.stdin.readline().strip()
+
+    def confirm(question: str) -> bool:
+        return ask(question + " (y/N)", "N", []).lower() in ("y", "yes")
+
+    try:
+        ssh_options = shlex.split(args.ssh_options)
+    except ValueError as exc:
+        raise ConfigError(f"cannot read --ssh-options: {exc}", hint='quote it as one argument: '
+                          '--ssh-options "-F ~/.ssh/cluster_config"') from None
+    interactive = not args.yes and sys.stdin.isatty()
+    with interruptible():
+        made = init.init(app.ctx, args.name, args.host, ssh_options,
+                         ask=ask if interactive else None, confirm=confirm if interactive else None)
+        ui.initialized(app.console, made, json_mode=args.json)
+        result = doctor.diagnose(app.ctx, args.name)
+    ui.checks(app.console, result, json_mode=args.json, made=made)
+    return result.exit_code
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -283,6 +338,7 @@ def _cmd_code(args: argparse.Namespace, app: App) -> int:
 COMMANDS: Sequence[Callable[[Any, argparse.ArgumentParser], None]] = (
     _add_up, _add_attach, _add_list, _add_stop, _add_url, _add_logs, _add_cleanup, _add_completion,
     _add_forward, _add_ssh_config, _add_code,
+    _add_doctor, _add_init,
 )
 
 

@@ -18,6 +18,8 @@ from .state import SessionRecord, lab_url
 from .units import human
 
 if TYPE_CHECKING:
+    from .doctor import Diagnosis
+    from .init import Made
     from .launch import Ready
     from .nodeaccess import Forwarded, HostBlock, Opened
     from .session import Listing, Orphan, Stopped
@@ -258,3 +260,51 @@ def opened(console: Console, result: Opened, *, json_mode: bool) -> None:
     else:
         console.info(f"VS Code opens {result.alias} ({result.record.node}, job {result.record.job_id}); "
                      f"its host block is in {result.config}")
+# -- doctor -----------------------------------------------------------------------------------
+
+CHECK_MARKS = {"ok": ("✓", "32"), "fail": ("✗", "31;1"), "warn": ("!", "33;1"), "skip": ("-", "2")}
+ASCII_MARKS = {"ok": "ok", "fail": "FAIL", "warn": "!", "skip": "-"}
+
+
+def _can_print(stream: TextIO, text: str) -> bool:
+    try:
+        text.encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def initialized(console: Console, made: Made, *, json_mode: bool) -> None:
+    """`init`: the profile it wrote (with --json, `checks` prints it all at once)."""
+    if not json_mode:
+        from .init import profile_block
+
+        console.info(f"wrote this profile to {made.config_file}:\n\n{profile_block(made.name, made.table)}")
+        console.info(f"checking it: hpclab doctor {made.name}")
+
+
+def checks(console: Console, result: Diagnosis, *, json_mode: bool, made: Made | None = None) -> None:
+    """`doctor`: one line per check, ✓ ✗ ! or - (ok, FAIL, !, - where the terminal cannot print
+    those), in color on a terminal without NO_COLOR; the hint indented below."""
+    if json_mode:
+        listed = [c.as_json() for c in result.checks]
+        if made is None:
+            console.json(listed)
+        else:
+            console.json({"profile": made.name, "config_file": str(made.config_file), "written": made.table,
+                          "checks": listed})
+        return
+    console._end_line()
+    fancy = _can_print(console.out, "✓✗")
+    color = console.out.isatty() and os.environ.get("TERM") != "dumb" and "NO_COLOR" not in os.environ
+    for c in result.checks:
+        mark, code = CHECK_MARKS[c.status]
+        mark = mark if fancy else ASCII_MARKS[c.status]
+        console.out.write((f"\x1b[{code}m{mark}\x1b[0m" if color else mark) + f" {c.name}: {c.detail}\n")
+        for line in (c.hint or "").splitlines():
+            console.out.write(f"    {line}\n")
+    failed = len(result.failed)
+    warned = sum(1 for c in result.checks if c.status == "warn")
+    summary = f"{failed} check(s) failed" if failed else "nothing failed"
+    console.out.write(summary + (f", {warned} warning(s)\n" if warned else "\n"))
+    console.out.flush()
