@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from . import envs, profiles
+from . import apps, envs, profiles
 from .cluster import Cluster
 from .errors import ExitCode, HpclabError, LoginRefused, Unreachable
 from .launch import MIN_JUPYTER_SERVER, REQUIRED_JUPYTER_SERVER, new_record, version_tuple
@@ -204,8 +204,20 @@ def environment_program(profile: Profile) -> str:
         + '  printf "@@jupyter %s\\n" "$(command -v jupyter)"\n'
         + '  printf "@@jupyter-server %s\\n" "$(command jupyter server --version 2>/dev/null | tail -n 1)"\n'
         + "else\n  echo @@no-jupyter\nfi\n"
+        + "".join(_program_probe(p, apps.get(profile.app).version_args) for p in apps.get(profile.app).programs
+                  if p != "jupyter")
         + kernels
     )
+
+
+def _program_probe(program: str, version_args: tuple[str, ...]) -> str:
+    """Where the app's `program` is once the environment is loaded, and its version's first line."""
+    q = shlex.quote(program)
+    args = shlex.join(version_args)
+    return (f"if command -v {q} >/dev/null 2>&1; then\n"
+            f'  printf "@@program %s %s %s\\n" {q} "$(command -v {q})" '
+            f'"$(command {q} {args} 2>/dev/null | head -n 1)"\n'
+            f"else\n  printf '@@no-program %s\\n' {q}\nfi\n")
 
 
 @dataclass(frozen=True)
@@ -218,6 +230,7 @@ class EnvResult:
     configs: dict[str, str]
     steps: envs.EnvReport | None = None  # the modules, conda or venv, when the profile has them
     kernels: envs.EnvReport | None = None  # the kernels, when the profile has them and the lab's setup ran
+    programs: dict[str, tuple[str, str] | None] = field(default_factory=dict)  # the app's: (path, version)
 
 
 def parse_environment(stdout: str) -> EnvResult:
@@ -226,6 +239,7 @@ def parse_environment(stdout: str) -> EnvResult:
     part: list[str] | None = None  # the lines of an envs probe, read by envs.parse_probe
     parts: dict[str, list[str]] = {}
     done, status, command, jupyter, version = False, None, "", None, None
+    programs: dict[str, tuple[str, str] | None] = {}
     for line in stdout.splitlines():
         if line in ("@@envs-begin", "@@kernels-begin"):
             part = parts.setdefault(line[2:].split("-")[0], [])
@@ -251,11 +265,17 @@ def parse_environment(stdout: str) -> EnvResult:
                 jupyter = rest.strip()
             elif word == "jupyter-server":
                 version = rest.strip() or None
+            elif word == "program":
+                prog, _, where = rest.partition(" ")
+                path, _, said = where.partition(" ")
+                programs[prog] = (path, said.strip())
+            elif word == "no-program":
+                programs[rest.strip()] = None
         else:
             current = None
     reports = {k: envs.parse_probe("\n".join(v)) for k, v in parts.items()}
     return EnvResult(done, status, command.strip(), jupyter, version, configs, reports.get("envs"),
-                     reports.get("kernels"))
+                     reports.get("kernels"), programs)
 
 
 def _said(text: str, lines: int = 12) -> str:
@@ -300,6 +320,17 @@ def environment_checks(result: EnvResult, stderr: str, where: str, *, rc: int = 
     if profile is not None and profile.setup:
         loaded.append(f"{len(profile.setup)} setup line(s)")
     checks = [Check(name, OK, (", ".join(loaded) or "nothing to load") + f": loaded{suffix or ' on the login node'}")]
+    app = apps.get(profile.app if profile is not None else None)
+    for program, found in result.programs.items():
+        if found is None:
+            checks.append(Check(f"{program}{suffix}", FAIL,
+                                f"'{program}' ({app.title}) is not on PATH{suffix} once the environment is loaded",
+                                "add what provides it: modules = [...], venv = \"...\", conda = \"...\" "
+                                "or a setup line", ExitCode.CONFIG))
+        else:
+            checks.append(Check(f"{program}{suffix}", OK, f"{found[0]}" + (f": {found[1]}" if found[1] else "")))
+    if not app.jupyter_server:
+        return checks + kernel_checks(result.kernels, profile.kernels if profile is not None else (), suffix)
     jname = "jupyter" + suffix
     fix = "upgrade it in the environment the profile loads (pip install -U 'jupyter_server>=2.18' jupyterlab)"
     if result.jupyter is None:

@@ -196,3 +196,21 @@ def test_a_conda_environment_that_is_not_there_is_named(cluster: Cluster, hpclab
     rc, checks = doctor(hpclab)
     assert rc == 0, checks
     assert checks["jupyter"]["detail"].startswith(f"{conda_standin.parent.parent}/envs/lab/bin/jupyter: jupyter_server")
+
+
+def test_the_apps_program_is_looked_for_before_the_queue(cluster: Cluster, hpclab: Hpclab) -> None:
+    """`app = "code-server"` needs code-server, not Jupyter; Notebook 7 needs jupyter-notebook too."""
+    with_profile(hpclab, app="code-server", setup=[])
+    rc, checks = doctor(hpclab)
+    assert rc == 2 and checks["code-server"]["status"] == "fail", checks
+    assert "'code-server' (code-server) is not on PATH" in checks["code-server"]["detail"]
+    assert "jupyter" not in checks  # not what this app runs on
+    with_profile(hpclab, app="code-server", setup=[], modules=["code-server"])
+    rc, checks = doctor(hpclab)
+    assert rc == 0, checks
+    assert checks["code-server"]["detail"].startswith("/opt/hpclab-code-server/bin/code-server: 4.100.3")
+    # (asked in a way that writes nothing: a bare `code-server --version` makes a config file with a password)
+    assert not Path(f"/home/{tc('TC_USER')}/.config/code-server").exists()
+    with_profile(hpclab, app="notebook")
+    rc, checks = doctor(hpclab)
+    assert rc == 0 and checks["jupyter-notebook"]["status"] == "ok" and checks["jupyter"]["status"] == "ok", checks

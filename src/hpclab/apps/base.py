@@ -27,6 +27,9 @@ class App:
     title = ""  # for people: "JupyterLab is ready: URL"
     server = ""  # the program, for people: "the job ended before Jupyter was ready"
     secret_name = "token"  # what the session's secret is to the app: "token" or "password"
+    programs: tuple[str, ...] = ()  # what must be on PATH once the environment is loaded (doctor checks)
+    jupyter_server = True  # runs on jupyter_server (whose version hpclab holds to a minimum)
+    version_args: tuple[str, ...] = ("--version",)  # what prints a program's version and changes nothing
     socket_name = ""  # its unix socket's name in the job's private runtime dir
     # bash words of `hpclab_listen=(...)`: on the socket "$hpclab_sock", or on "$hpclab_addr";
     # tcp_args None: the app cannot listen on a TCP port that hpclab learns safely.

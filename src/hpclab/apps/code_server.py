@@ -74,6 +74,11 @@ class CodeServer(App):
     title = "code-server"
     server = "code-server"
     secret_name = "password"
+    programs = ("code-server",)
+    jupyter_server = False
+    # without a --config of its own, even `code-server --version` writes ~/.config/code-server/config.yaml
+    # with a password in it
+    version_args = ("--config", "/dev/null", "--version")
     socket_name = "code-server.sock"
     socket_args = '--socket "$hpclab_sock" --socket-mode 600'
     tcp_args = None

@@ -42,6 +42,7 @@ class JupyterLab(App):
     title = "JupyterLab"
     server = "Jupyter"
     subcommand = "lab"
+    programs: tuple[str, ...] = ("jupyter",)
     path = "/lab"
     check = ""  # bash run before the start, after `jupyter` was found
     socket_name = "jupyter.sock"

@@ -10,6 +10,7 @@ class Notebook(JupyterLab):
     name = "notebook"
     title = "Jupyter Notebook"
     subcommand = "notebook"
+    programs = ("jupyter", "jupyter-notebook")
     path = "/tree"
     # `jupyter notebook` without Notebook installed says only "command not found": say what is missing.
     check = ('if ! command -v jupyter-notebook >/dev/null 2>&1; then\n'
