@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .schedulers import names as scheduler_names
 from .units import is_memory, parse_duration, parse_walltime
 
 TRANSPORTS = ("auto", "socket", "tcp")
@@ -214,6 +213,8 @@ def _ssh_options(value: Any) -> tuple[str, ...]:
 
 
 def _schedulers() -> tuple[str, ...]:
+    from .schedulers import names as scheduler_names  # imports every scheduler: only when a profile names one
+
     return (*scheduler_names(), "auto")
 
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .redact import redact
 from .redact import register as mask
-from .state import SessionRecord, lab_url
 from .units import human
 
 if TYPE_CHECKING:
     from .launch import Ready
     from .session import Listing, Orphan, Stopped
+    from .state import SessionRecord
 
 __all__ = ["Console", "mask", "redact", "setup_logging"]
 
@@ -152,13 +152,15 @@ def attached(console: Console, rec: SessionRecord, *, json_mode: bool) -> None:
 
 
 def listing(console: Console, result: Listing, *, json_mode: bool) -> None:
+    from .state import lab_url  # state (and paths) stay unimported for `hpclab --help`
+
     for problem in result.problems:
         console.warn(problem.message)
     rows = [summary(r.record, r.state) | {"tunnel": r.tunnel, "time_left": r.time_left} for r in result.rows]
-    if json_mode:
+    if not rows:
+        no_sessions(console, json_mode=json_mode)
+    elif json_mode:
         console.json(rows)
-    elif not rows:
-        console.info("no sessions")
     else:
         console.table(
             [[r["id"], r["profile"], r["job_id"] or "-", r["state"], r["node"] or "-",
@@ -166,6 +168,14 @@ def listing(console: Console, result: Listing, *, json_mode: bool) -> None:
               lab_url(r["local_port"]) if r["local_port"] else "-"] for r in rows],
             ["ID", "PROFILE", "JOB", "STATE", "NODE", "LEFT", "TUNNEL", "URL"],
         )
+
+
+def no_sessions(console: Console, *, json_mode: bool) -> None:
+    """`list` when there is no session to show."""
+    if json_mode:
+        console.json([])
+    else:
+        console.info("no sessions")
 
 
 def stopped(console: Console, results: list[Stopped], *, json_mode: bool) -> None:
