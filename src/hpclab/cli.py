@@ -100,7 +100,10 @@ def _add_up(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("up", parents=[common], help="start JupyterLab on a compute node and tunnel to it")
     p.add_argument("profile", help="a profile name from the config file")
     for o in options.FLAGS:
-        p.add_argument(o.flag_name, dest=o.key, type=o.flag_type, choices=o.choices, help=o.help)
+        if o.flag_type is bool:
+            p.add_argument(o.flag_name, dest=o.key, action=argparse.BooleanOptionalAction, help=o.help)
+        else:
+            p.add_argument(o.flag_name, dest=o.key, type=o.flag_type, choices=o.choices, help=o.help)
     p.add_argument("--no-browser", action="store_true", help="print the URL, do not open a browser")
     p.add_argument("--detach", action="store_true", help="return once the lab is ready; keep it running")
     p.set_defaults(func=_cmd_up)
@@ -110,6 +113,12 @@ def _cmd_up(args: argparse.Namespace, app: App) -> int:
     from .launch import Launch
 
     profile = app.ctx.profile(args.profile, {o.key: getattr(args, o.key) for o in options.FLAGS})
+    if profile.reuse:
+        from .reuse import running_session
+
+        found = running_session(app.ctx, profile)
+        if found is not None:  # a running session of this profile: from here on, `up` is `attach`
+            return _attached(args, app, found, opened=True)
     with interruptible(), Launch(app.ctx, profile) as launch:
         ready = launch.run()
         ui.ready(app.console, ready, json_mode=args.json)
@@ -136,10 +145,15 @@ def _add_attach(sub: Any, common: argparse.ArgumentParser) -> None:
 def _cmd_attach(args: argparse.Namespace, app: App) -> int:
     from . import session
 
-    attachment = session.Attachment(app.ctx, args.id, args.profile)
+    return _attached(args, app, session.Attachment(app.ctx, args.id, args.profile))
+
+
+def _attached(args: argparse.Namespace, app: App, attachment: session.Attachment, *, opened: bool = False) -> int:
+    """`attach` (and `up` that reuses a session): the tunnel up, then, in the foreground, kept
+    healthy until Ctrl-C, which closes the tunnel and leaves the session running."""
     with interruptible():
         try:
-            rec = attachment.open()
+            rec = attachment.record if opened else attachment.open()
             ui.attached(app.console, rec, json_mode=args.json)
             _browser(args, app, rec)
             if args.detach:

@@ -34,7 +34,7 @@ class Option:
     check: Check
     help: str
     flag: bool = False  # an `hpclab up --KEY` flag
-    flag_type: type = str
+    flag_type: type = str  # bool: a --KEY / --no-KEY pair
     choices: tuple[str, ...] | None = None
     job: bool = False  # part of the JobSpec the scheduler renders
 
@@ -94,6 +94,12 @@ def _durations(value: Any) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise Invalid("a list of durations, e.g. ['10m', '2m']")
     return tuple(sorted((_duration(v) for v in value), reverse=True))
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid("true or false")
+    return value
 
 
 def _positive(value: Any) -> int:
@@ -240,6 +246,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("walltime_warnings", _durations, "warn this long before the time limit, e.g. ['10m', '2m']"),
     Option("template", _local_file, "a site's job script frame with {directives} and {body}"),
     Option("env", _env, "environment variables for the job"),
+    Option("reuse", _bool, "attach to a running session of this profile instead of starting a new job",
+           flag=True, flag_type=bool),
 )
 
 BY_KEY = {o.key: o for o in OPTIONS}

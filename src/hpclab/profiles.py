@@ -47,6 +47,7 @@ class Profile:
     walltime_warnings: tuple[int, ...] = (600, 120)
     template: str | None = None
     env: tuple[tuple[str, str], ...] = field(default=())
+    reuse: bool = False  # `up` attaches to a running session of this profile if there is one
 
 
 def default_config_file_text() -> str:
