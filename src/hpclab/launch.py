@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from . import jobscript, labcheck
+from . import jobscript, labcheck, polite
 from .cluster import Snapshot, tunnel_for
 from .errors import HpclabError, Interrupted, JobFailedError, LoginRefused, MaxWaitError, Unreachable, UnsafeLabError
 from .options import JOB_KEYS
@@ -93,6 +93,7 @@ class Launch:
         self.tunnel: Tunnel | None = None
         self.warnings: list[str] = []
         self._connected = False  # until the login master is up, nothing has reached the cluster
+        self.clock = time.monotonic  # the queue waits' clock (tests count queries on their own)
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -192,13 +193,13 @@ class Launch:
     def _wait_started(self) -> Snapshot:
         rec, cluster = self.record, self.cluster
         assert rec.job_id
-        submitted = time.monotonic()
-        windows = iter([0.5, 1, 2, 4, 8])
+        submitted = self.clock()
+        windows = polite.pending_windows()
         last = ""
         while True:
-            window = next(windows, 15.0)
+            window = next(windows)
             if self.max_wait is not None:
-                window = max(0.1, min(window, self.max_wait - (time.monotonic() - submitted)))
+                window = max(0.1, min(window, self.max_wait - (self.clock() - submitted)))
             snap = cluster.poll(rec.id, window, True, rec.job_id)
             self.timings.scheduler_queries += 1
             if snap.started or snap.rendezvous or snap.ended:
@@ -220,7 +221,7 @@ class Launch:
                 if detail != last:
                     self.report("pending", detail)
                     last = detail
-            if self.max_wait is not None and time.monotonic() - submitted >= self.max_wait:
+            if self.max_wait is not None and self.clock() - submitted >= self.max_wait:
                 cluster.cancel(rec.job_id)
                 raise MaxWaitError(
                     f"job {rec.job_id} did not start within {self.max_wait} s; it was cancelled",
@@ -232,11 +233,16 @@ class Launch:
         assert rec.job_id
         if rec.transport in ("socket", "auto") and rec.node and not snap.rendezvous and not snap.ended:
             self._prepare_node()
+        budget = polite.Budget(clock=self.clock)  # the job runs: ask as rarely as the watch does
+        budget.spend()  # the query that saw it start
         while not snap.rendezvous:
             if snap.ended or (snap.job and snap.job.state.ended):
                 raise self._failed(snap.job, snap.ended)
-            snap = cluster.poll(rec.id, 5.0, False, rec.job_id)
-            self.timings.scheduler_queries += 1
+            ask = budget.allows()
+            snap = cluster.poll(rec.id, 5.0, False, rec.job_id if ask else None)
+            if ask:
+                budget.spend()
+                self.timings.scheduler_queries += 1
         self.report("jupyter", "Jupyter is up")
         return snap.rendezvous
 
