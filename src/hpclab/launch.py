@@ -28,6 +28,7 @@ from .schedulers import JobInfo, JobSpec, JobState
 from .session import Context, open_forward, stop_session
 from .sessiondir import Ended, Rendezvous, SessionDir
 from .state import SessionRecord
+from .transports import Transports
 from .tunnel import Tunnel, free_local_port, wait_ready
 from .watch import Watch
 
@@ -63,6 +64,10 @@ class Ready:
     warnings: tuple[str, ...]
 
 
+class _NodesChanged(Exception):
+    """A node refused the SSH connection a recalled "socket" counted on (transports.py)."""
+
+
 def new_record(profile: Profile) -> SessionRecord:
     return SessionRecord(
         id=secrets.token_hex(4),
@@ -94,6 +99,8 @@ class Launch:
         self.warnings: list[str] = []
         self._connected = False  # until the login master is up, nothing has reached the cluster
         self.clock = time.monotonic  # the queue waits' clock (tests count queries on their own)
+        self.transports = Transports(ctx.paths)
+        self._recalled: str | None = None  # the transport auto mode took from transports.py
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -132,6 +139,20 @@ class Launch:
     # -- the flow -----------------------------------------------------------------------
 
     def run(self) -> Ready:
+        try:
+            return self._run()
+        except _NodesChanged:
+            # This job's Jupyter listens on a socket hpclab cannot reach: cancel it and start
+            # again in auto mode, which finds out afresh. The new record is saved first, so that
+            # the login master stays for it.
+            old = self.record
+            self.record = new_record(self.profile)
+            register(self.record.token)
+            self.store.save(self.record)
+            stop_session(self.ctx, old, self.cluster)
+            return self._run()
+
+    def _run(self) -> Ready:
         rec, cluster, t = self.record, self.cluster, self.timings
         self.store.save(rec)
         start = time.monotonic()
@@ -142,6 +163,7 @@ class Launch:
             rec.scheduler = cluster.detect()
             self.report("detect", f"{rec.host} runs {cluster.scheduler.title}")
         start = t.mark("connect", start)
+        self._recall_transport()
 
         self.report("submit", f"submitting to {cluster.scheduler.title}")
         rec.job_id = self._submit()
@@ -246,6 +268,22 @@ class Launch:
         self.report("jupyter", "Jupyter is up")
         return snap.rendezvous
 
+    def _recall_transport(self) -> None:
+        """auto: the transport this cluster's nodes called for last time, if hpclab knows it, so
+        that Jupyter starts with the job instead of waiting for the node connection."""
+        rec = self.record
+        self._recalled = None
+        if rec.transport != "auto":
+            return
+        known = self.transports.recall(rec.host, rec.ssh_options, rec.scheduler)
+        if known is None:
+            return
+        self._recalled = rec.transport = known
+        self.report("transport", f"transport: {known} (as {rec.host}'s nodes allowed before)")
+        if known == "tcp":
+            self.ctx.warn(f"the lab listens on its node's network address (transport tcp): {rec.host}'s nodes "
+                          "refused SSH before. Other users of the cluster can reach its port; the token keeps them out")
+
     def _prepare_node(self) -> None:
         """Open the node connection while Jupyter starts. In auto mode this decides the
         transport and tells the job through the `listen` file it waits for."""
@@ -256,6 +294,10 @@ class Launch:
         except (LoginRefused, Unreachable) as exc:
             # The node answered "no" (pam_slurm_adopt, no sshd, a firewall): tcp is what the site
             # allows. A host-key problem, or anything else, is an error, never a reason to downgrade.
+            if self._recalled == "socket":
+                self.transports.remember(rec.host, rec.ssh_options, rec.scheduler, None)
+                self.report("transport", f"{rec.node} refuses SSH now ({exc.message}); starting again in auto mode")
+                raise _NodesChanged from None
             if rec.transport == "socket":
                 raise type(exc)(
                     f"cannot open an SSH connection to the compute node {rec.node} through {rec.host}",
@@ -271,6 +313,7 @@ class Launch:
                               "Other users of the cluster can reach its port; the token keeps them out")
             self.cluster.write_listen(rec.id, rec.transport)
             self.store.save(rec)
+            self.transports.remember(rec.host, rec.ssh_options, rec.scheduler, rec.transport)
 
     def _open_tunnel(self, rdv: Rendezvous) -> None:
         rec = self.record
