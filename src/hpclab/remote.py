@@ -331,7 +331,7 @@ class SshRemote(Remote):
         self.counters.connects += 1
         log.debug("connect: rc=%s in %.2fs", rc, time.monotonic() - started)
         if rc != 0:
-            error = _classify(self.host, stderr)
+            error = _classify(self.host.rpartition("@")[2], stderr)  # a host name, for ssh-keygen -R too
             if not isinstance(error, Unreachable):
                 self._refused = error  # the host answered and said no: asking again would not help
             raise error
