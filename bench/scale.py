@@ -159,7 +159,8 @@ def up_all(laptop: Laptop, n: int) -> tuple[float, list[dict[str, Any]]]:
 
     def one(profile: str) -> tuple[float, Any]:
         if not DEBUG_DIR:
-            return time.monotonic() - t0, laptop.json("up", profile, "--detach", "--no-browser")
+            doc = laptop.json("up", profile, "--detach", "--no-browser")
+            return time.monotonic() - t0, doc
         proc = laptop.run("up", profile, "--detach", "--no-browser", "--json", "--debug")
         Path(DEBUG_DIR, f"up-{time.monotonic()}.err").write_text(proc.stderr)
         if proc.returncode != 0:
