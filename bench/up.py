@@ -22,6 +22,8 @@ has a timeout. Prints median/min/max of each figure and hpclab minus each floor.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import random
@@ -33,7 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SSH_CONFIG = os.environ.get("TC_SSH_CONFIG", "/var/tmp/hpclab-testcluster/ssh/config")
@@ -43,6 +45,19 @@ VENV = os.environ.get("TC_JUPYTER_VENV", "/opt/hpclab-jupyter")
 LOGS = Path(os.environ.get("HPCLAB_TC_DIR", "/var/tmp/hpclab-testcluster")) / "log"
 HOSTS = ("login", *os.environ.get("TC_NODES", "node1 node2").split())
 TIMEOUT = 120.0  # seconds, for every wait: a job to start or end, a lab to answer, a command
+TEST_LOCK = os.environ.get("HPCLAB_TEST_LOCK", "/var/tmp/hpclab-test.lock")
+
+
+@contextlib.contextmanager
+def test_lock() -> Iterator[None]:
+    """The machine-wide lock scripts/test takes: no test run shares the cluster with the benchmark."""
+    with open(TEST_LOCK, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"bench: waiting for {TEST_LOCK} (a test run holds it)", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 class BenchError(Exception):
@@ -169,7 +184,9 @@ def floor_run(master: bool) -> dict[str, float]:
 
 
 def hpclab_run(home: str) -> dict[str, float]:
-    env = dict(os.environ, HPCLAB_HOME=home)
+    # As installed: bytecode cached (PYTHONDONTWRITEBYTECODE would compile every module each run).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["HPCLAB_HOME"] = home
     before = logins()
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "hpclab", "up", "testcluster", "--detach", "--no-browser", "--json"],
@@ -233,6 +250,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     try:
-        main()
+        with test_lock():
+            main()
     except BenchError as exc:
         raise SystemExit(f"bench/up.py: {exc}") from None

@@ -11,13 +11,16 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import __version__, options, session, ui
+# Only what parsing and rendering need is imported here: `hpclab --help` must answer at once.
+# A command imports the use cases it runs (session, launch: SSH, HTTP, schedulers) in its handler.
+from . import __version__, options, ui
 from .errors import ExitCode, HpclabError, Interrupted
-from .launch import Launch
-from .paths import Paths
-from .state import SessionRecord
+
+if TYPE_CHECKING:
+    from . import session
+    from .state import SessionRecord
 
 log = logging.getLogger("hpclab")
 
@@ -28,12 +31,25 @@ class App:
     """What a command handler gets: the console to render on and the use cases' Context."""
 
     def __init__(self, console: ui.Console, connector: session.Connector | None = None) -> None:
+        from .paths import Paths
+
         self.console = console
-        paths = Paths.from_env()
-        callbacks: dict[str, Any] = dict(report=console.status, info=console.info, warn=console.warn,
-                                         error=console.error, shield=lambda: shielded(console))
-        self.ctx = (session.Context(paths, connector, **callbacks) if connector is not None
-                    else session.Context.ssh(paths, **callbacks))
+        self.paths = Paths.from_env()
+        self.connector = connector
+        self._ctx: session.Context | None = None
+
+    @property
+    def ctx(self) -> session.Context:
+        """Made on first use, so that a command that needs no use case never imports them."""
+        if self._ctx is None:
+            from . import session
+
+            console = self.console
+            callbacks: dict[str, Any] = dict(report=console.status, info=console.info, warn=console.warn,
+                                             error=console.error, shield=lambda: shielded(console))
+            self._ctx = (session.Context(self.paths, self.connector, **callbacks) if self.connector is not None
+                         else session.Context.ssh(self.paths, **callbacks))
+        return self._ctx
 
 
 # -- signals --------------------------------------------------------------------------------
@@ -73,7 +89,7 @@ def _browser(args: argparse.Namespace, app: App, rec: SessionRecord) -> None:
     if not args.no_browser:
         from .browser import open_lab
 
-        if not open_lab(app.ctx.paths, rec):
+        if not open_lab(app.paths, rec):
             app.console.info("no browser could be opened here; open the URL above yourself")
 
 
@@ -84,14 +100,25 @@ def _add_up(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("up", parents=[common], help="start JupyterLab on a compute node and tunnel to it")
     p.add_argument("profile", help="a profile name from the config file")
     for o in options.FLAGS:
-        p.add_argument(o.flag_name, dest=o.key, type=o.flag_type, choices=o.choices, help=o.help)
+        if o.flag_type is bool:
+            p.add_argument(o.flag_name, dest=o.key, action=argparse.BooleanOptionalAction, help=o.help)
+        else:
+            p.add_argument(o.flag_name, dest=o.key, type=o.flag_type, choices=o.choices, help=o.help)
     p.add_argument("--no-browser", action="store_true", help="print the URL, do not open a browser")
     p.add_argument("--detach", action="store_true", help="return once the lab is ready; keep it running")
     p.set_defaults(func=_cmd_up)
 
 
 def _cmd_up(args: argparse.Namespace, app: App) -> int:
+    from .launch import Launch
+
     profile = app.ctx.profile(args.profile, {o.key: getattr(args, o.key) for o in options.FLAGS})
+    if profile.reuse:
+        from .reuse import running_session
+
+        found = running_session(app.ctx, profile)
+        if found is not None:  # a running session of this profile: from here on, `up` is `attach`
+            return _attached(args, app, found, opened=True)
     with interruptible(), Launch(app.ctx, profile) as launch:
         ready = launch.run()
         ui.ready(app.console, ready, json_mode=args.json)
@@ -116,10 +143,17 @@ def _add_attach(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_attach(args: argparse.Namespace, app: App) -> int:
-    attachment = session.Attachment(app.ctx, args.id, args.profile)
+    from . import session
+
+    return _attached(args, app, session.Attachment(app.ctx, args.id, args.profile))
+
+
+def _attached(args: argparse.Namespace, app: App, attachment: session.Attachment, *, opened: bool = False) -> int:
+    """`attach` (and `up` that reuses a session): the tunnel up, then, in the foreground, kept
+    healthy until Ctrl-C, which closes the tunnel and leaves the session running."""
     with interruptible():
         try:
-            rec = attachment.open()
+            rec = attachment.record if opened else attachment.open()
             ui.attached(app.console, rec, json_mode=args.json)
             _browser(args, app, rec)
             if args.detach:
@@ -140,6 +174,12 @@ def _add_list(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_list(args: argparse.Namespace, app: App) -> int:
+    if not any(app.paths.sessions_dir.glob("*.json")):
+        # No record, readable or not: no cluster to ask, so the use cases (SSH, HTTP) stay unloaded.
+        ui.no_sessions(app.console, json_mode=args.json)
+        return ExitCode.OK
+    from . import session
+
     ui.listing(app.console, session.list_sessions(app.ctx, args.profile), json_mode=args.json)
     return ExitCode.OK
 
@@ -153,6 +193,8 @@ def _add_stop(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_stop(args: argparse.Namespace, app: App) -> int:
+    from . import session
+
     results = session.stop(app.ctx, args.id, every=args.all, profile=args.profile)
     ui.stopped(app.console, results, json_mode=args.json)
     return ExitCode.OK
@@ -165,6 +207,8 @@ def _add_url(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_url(args: argparse.Namespace, app: App) -> int:
+    from . import session
+
     ui.url(app.console, session.url(app.ctx, args.id), json_mode=args.json)
     return ExitCode.OK
 
@@ -178,6 +222,8 @@ def _add_logs(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_logs(args: argparse.Namespace, app: App) -> int:
+    from . import session
+
     ui.logs(app.console, session.logs(app.ctx, args.id, args.lines))
     if args.follow:
         with interruptible():
@@ -197,6 +243,8 @@ def _add_cleanup(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_cleanup(args: argparse.Namespace, app: App) -> int:
+    from . import session
+
     def confirm(o: session.Orphan) -> bool:
         question = f"cancel job {o.job_id} (hpclab session {o.id}) on {o.host}? [y/N] "
         return args.yes or (sys.stdin.isatty() and input(question).strip().lower() in ("y", "yes"))
@@ -225,7 +273,7 @@ def _cmd_completion(args: argparse.Namespace, app: App) -> int:
 def _cmd_complete(args: argparse.Namespace, app: App) -> int:
     from .completion import names
 
-    for name in names(app.ctx.paths, args.what):
+    for name in names(app.paths, args.what):
         app.console.result(name)
     return ExitCode.OK
 

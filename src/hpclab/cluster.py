@@ -75,10 +75,13 @@ SUBMIT = (
 # $1 session dir (relative to $HOME), $2 tenths of a second to wait at most, $3 1 to
 # return as soon as the job has started; the rest is the scheduler's status argv (maybe none).
 # A planted file does not end the wait early (hpclab_ok, not -e): `up` would poll in a tight loop.
+# Waiting for the rendezvous ($3 0: Jupyter starting, seconds), it looks every 0.05 s, since the
+# lab is ready when it is seen; waiting in the queue (minutes, maybe), every 0.1 s.
 POLL = (
-    _OWN + 'd="$HOME/$1"; n=$2; s=$3; shift 3; i=0; while [ "$i" -lt "$n" ]; do '
+    _OWN + 'd="$HOME/$1"; n=$2; s=$3; t=0.1; shift 3; [ "$s" = 1 ] || { t=0.05; n=$((n * 2)); }; '
+    'i=0; while [ "$i" -lt "$n" ]; do '
     f'hpclab_ok "$d/{_F.rendezvous}" && break; hpclab_ok "$d/{_F.ended}" && break; '
-    f'[ "$s" = 1 ] && hpclab_ok "$d/{_F.started}" && break; sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); done; '
+    f'[ "$s" = 1 ] && hpclab_ok "$d/{_F.started}" && break; sleep "$t" 2>/dev/null || sleep 1; i=$((i+1)); done; '
     f'for f in {_F.started} {_F.rendezvous} {_F.ended}; do printf "@@%s\\n" "$f"; '
     'hpclab_cat "$d/$f" 2>/dev/null; done; '
     'printf "@@status\\n"; "$@"'
@@ -151,6 +154,10 @@ class Cluster:
         if not NODE.fullmatch(node):
             raise ProtocolError(f"the cluster named the job's node {node[:80]!r}, which is not a host name",
                                 hint="hpclab connects only to node names of letters, digits, '.', '_' and '-'")
+        # The job's user, the one its socket belongs to: the login node's account, whatever the
+        # ssh config says for node names (a `Host node*` with another User would log in as
+        # someone who cannot open the lab's socket, where the scheduler lets that one in too).
+        user = user or self.login.user()
         dest = f"{user}@{node}" if user else node
         if dest not in self._nodes:
             self._nodes[dest] = self.login.hop(dest)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from . import apps, errors, jobscript, labcheck
+from . import apps, errors, jobscript, labcheck, polite
 from .cluster import Snapshot, tunnel_for
 from .errors import HpclabError, Interrupted, JobFailedError, LoginRefused, MaxWaitError, Unreachable, UnsafeLabError
 from .options import JOB_KEYS
@@ -28,6 +28,7 @@ from .schedulers import JobInfo, JobSpec, JobState
 from .session import Context, open_forward, stop_session
 from .sessiondir import Ended, Rendezvous, SessionDir
 from .state import SessionRecord
+from .transports import Transports
 from .tunnel import Tunnel, free_local_port, wait_ready
 from .watch import Watch
 
@@ -63,6 +64,10 @@ class Ready:
     warnings: tuple[str, ...]
 
 
+class _NodesChanged(Exception):
+    """A node refused the SSH connection a recalled "socket" counted on (transports.py)."""
+
+
 def new_record(profile: Profile) -> SessionRecord:
     return SessionRecord(
         id=secrets.token_hex(4),
@@ -94,6 +99,9 @@ class Launch:
         self.tunnel: Tunnel | None = None
         self.warnings: list[str] = []
         self._connected = False  # until the login master is up, nothing has reached the cluster
+        self.clock = time.monotonic  # the queue waits' clock (tests count queries on their own)
+        self.transports = Transports(ctx.paths)
+        self._recalled: str | None = None  # the transport auto mode took from transports.py
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -132,6 +140,20 @@ class Launch:
     # -- the flow -----------------------------------------------------------------------
 
     def run(self) -> Ready:
+        try:
+            return self._run()
+        except _NodesChanged:
+            # This job's Jupyter listens on a socket hpclab cannot reach: cancel it and start
+            # again in auto mode, which finds out afresh. The new record is saved first, so that
+            # the login master stays for it.
+            old = self.record
+            self.record = new_record(self.profile)
+            register(self.record.token)
+            self.store.save(self.record)
+            stop_session(self.ctx, old, self.cluster)
+            return self._run()
+
+    def _run(self) -> Ready:
         rec, cluster, t = self.record, self.cluster, self.timings
         app = apps.get(rec.app)
         if app.tcp_args is None and rec.transport == "tcp":
@@ -147,6 +169,7 @@ class Launch:
             rec.scheduler = cluster.detect()
             self.report("detect", f"{rec.host} runs {cluster.scheduler.title}")
         start = t.mark("connect", start)
+        self._recall_transport()
 
         self.report("submit", f"submitting to {cluster.scheduler.title}")
         rec.job_id = self._submit()
@@ -200,13 +223,13 @@ class Launch:
     def _wait_started(self) -> Snapshot:
         rec, cluster = self.record, self.cluster
         assert rec.job_id
-        submitted = time.monotonic()
-        windows = iter([0.5, 1, 2, 4, 8])
+        submitted = self.clock()
+        windows = polite.pending_windows()
         last = ""
         while True:
-            window = next(windows, 15.0)
+            window = next(windows)
             if self.max_wait is not None:
-                window = max(0.1, min(window, self.max_wait - (time.monotonic() - submitted)))
+                window = max(0.1, min(window, self.max_wait - (self.clock() - submitted)))
             snap = cluster.poll(rec.id, window, True, rec.job_id)
             self.timings.scheduler_queries += 1
             if snap.started or snap.rendezvous or snap.ended:
@@ -228,7 +251,7 @@ class Launch:
                 if detail != last:
                     self.report("pending", detail)
                     last = detail
-            if self.max_wait is not None and time.monotonic() - submitted >= self.max_wait:
+            if self.max_wait is not None and self.clock() - submitted >= self.max_wait:
                 cluster.cancel(rec.job_id)
                 raise MaxWaitError(
                     f"job {rec.job_id} did not start within {self.max_wait} s; it was cancelled",
@@ -240,13 +263,34 @@ class Launch:
         assert rec.job_id
         if rec.transport in ("socket", "auto") and rec.node and not snap.rendezvous and not snap.ended:
             self._prepare_node()
+        budget = polite.Budget(clock=self.clock)  # the job runs: ask as rarely as the watch does
+        budget.spend()  # the query that saw it start
         while not snap.rendezvous:
             if snap.ended or (snap.job and snap.job.state.ended):
                 raise self._failed(snap.job, snap.ended)
-            snap = cluster.poll(rec.id, 5.0, False, rec.job_id)
-            self.timings.scheduler_queries += 1
+            ask = budget.allows()
+            snap = cluster.poll(rec.id, 5.0, False, rec.job_id if ask else None)
+            if ask:
+                budget.spend()
+                self.timings.scheduler_queries += 1
         self.report("jupyter", f"{apps.get(rec.app).server} is up")
         return snap.rendezvous
+
+    def _recall_transport(self) -> None:
+        """auto: the transport this cluster's nodes called for last time, if hpclab knows it, so
+        that Jupyter starts with the job instead of waiting for the node connection."""
+        rec = self.record
+        self._recalled = None
+        if rec.transport != "auto":
+            return
+        known = self.transports.recall(rec.host, rec.ssh_options, rec.scheduler)
+        if known is None:
+            return
+        self._recalled = rec.transport = known
+        self.report("transport", f"transport: {known} (as {rec.host}'s nodes allowed before)")
+        if known == "tcp":
+            self.ctx.warn(f"the lab listens on its node's network address (transport tcp): {rec.host}'s nodes "
+                          "refused SSH before. Other users of the cluster can reach its port; the token keeps them out")
 
     def _prepare_node(self) -> None:
         """Open the node connection while Jupyter starts. In auto mode this decides the
@@ -258,6 +302,10 @@ class Launch:
         except (LoginRefused, Unreachable) as exc:
             # The node answered "no" (pam_slurm_adopt, no sshd, a firewall): tcp is what the site
             # allows. A host-key problem, or anything else, is an error, never a reason to downgrade.
+            if self._recalled == "socket":
+                self.transports.remember(rec.host, rec.ssh_options, rec.scheduler, None)
+                self.report("transport", f"{rec.node} refuses SSH now ({exc.message}); starting again in auto mode")
+                raise _NodesChanged from None
             if rec.transport == "socket":
                 raise type(exc)(
                     f"cannot open an SSH connection to the compute node {rec.node} through {rec.host}",
@@ -277,6 +325,7 @@ class Launch:
                               "Other users of the cluster can reach its port; the token keeps them out")
             self.cluster.write_listen(rec.id, rec.transport)
             self.store.save(rec)
+            self.transports.remember(rec.host, rec.ssh_options, rec.scheduler, rec.transport)
 
     def _open_tunnel(self, rdv: Rendezvous) -> None:
         rec = self.record

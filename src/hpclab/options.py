@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import apps, envs
-from .schedulers import names as scheduler_names
 from .units import is_memory, parse_duration, parse_walltime
 
 TRANSPORTS = ("auto", "socket", "tcp")
@@ -36,7 +35,7 @@ class Option:
     check: Check
     help: str
     flag: bool = False  # an `hpclab up --KEY` flag
-    flag_type: type = str
+    flag_type: type = str  # bool: a --KEY / --no-KEY pair
     choices: tuple[str, ...] | None = None
     job: bool = False  # part of the JobSpec the scheduler renders
 
@@ -96,6 +95,12 @@ def _durations(value: Any) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise Invalid("a list of durations, e.g. ['10m', '2m']")
     return tuple(sorted((_duration(v) for v in value), reverse=True))
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid("true or false")
+    return value
 
 
 def _positive(value: Any) -> int:
@@ -227,6 +232,8 @@ def _from_envs(check: Callable[[Any], Any]) -> Check:
 
 
 def _schedulers() -> tuple[str, ...]:
+    from .schedulers import names as scheduler_names  # imports every scheduler: only when a profile names one
+
     return (*scheduler_names(), "auto")
 
 
@@ -261,6 +268,8 @@ OPTIONS: tuple[Option, ...] = (
            '[{ name = "torch", venv = "~/venvs/torch" }]'),
     Option("app", _choice(apps.names), "what the session runs: " + ", ".join(apps.names()), flag=True,
            choices=apps.names()),
+    Option("reuse", _bool, "attach to a running session of this profile instead of starting a new job",
+           flag=True, flag_type=bool),
 )
 
 BY_KEY = {o.key: o for o in OPTIONS}

@@ -7,7 +7,6 @@ names the config file alone and wins over both.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -48,6 +47,8 @@ class Paths:
             # A deep HPCLAB_HOME would overflow sun_path, and ssh splits `-o ControlPath=...`
             # into words and expands % and ${} in it: use a short, plain per-user directory
             # whose name still depends on the state dir, so two homes never share sockets.
+            import hashlib  # only here: every command imports this module, few need a digest
+
             digest = hashlib.sha256(str(state).encode()).hexdigest()[:10]
             control = Path("/tmp") / f"hpclab-{os.getuid()}-{digest}"
         return cls(config_file=config, state_dir=state, control_dir=control)

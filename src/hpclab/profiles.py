@@ -57,6 +57,7 @@ class Profile:
     def environment(self) -> Environment:
         return Environment(self.modules, self.venv, self.conda)
     app: str = "jupyterlab"
+    reuse: bool = False  # `up` attaches to a running session of this profile if there is one
 
 
 def default_config_file_text() -> str:

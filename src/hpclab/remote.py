@@ -149,6 +149,10 @@ class Remote(abc.ABC):
     @abc.abstractmethod
     def alive(self) -> bool: ...
 
+    def user(self) -> str | None:
+        """The account this connection logs in as, where it can be told without logging in."""
+        return None
+
     @abc.abstractmethod
     def close(self) -> None: ...
 
@@ -227,6 +231,7 @@ class SshRemote(Remote):
         # Host-key options the master needs (a node's key published by the login node), asked
         # for only when a master is made: a command over a live master needs none of them.
         self._key_options = key_options
+        self._user: str | None = None  # user(), once asked
         key = "\0".join((host, *self.ssh_options, via.control_path if via else ""))
         self.control_path: str = str(control_dir / hashlib.sha256(key.encode()).hexdigest()[:16])
 
@@ -268,6 +273,15 @@ class SshRemote(Remote):
             timeout=10,
         )
         return proc.returncode == 0
+
+    def user(self) -> str | None:
+        """The user ssh logs in as here (`ssh -G`: the user's config and options; no network)."""
+        if self._user is None:
+            proc = subprocess.run([*self._base(), "-G", "--", self.host], stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=20)
+            users = [ln.split(None, 1)[1] for ln in proc.stdout.splitlines() if ln.startswith("user ")]
+            self._user = users[0].strip() if proc.returncode == 0 and users else ""
+        return self._user or None
 
     def connect(self) -> None:
         """Open the master unless one is alive: the one login of a command. A master that died
@@ -317,7 +331,7 @@ class SshRemote(Remote):
         self.counters.connects += 1
         log.debug("connect: rc=%s in %.2fs", rc, time.monotonic() - started)
         if rc != 0:
-            error = _classify(self.host, stderr)
+            error = _classify(self.host.rpartition("@")[2], stderr)  # a host name, for ssh-keygen -R too
             if not isinstance(error, Unreachable):
                 self._refused = error  # the host answered and said no: asking again would not help
             raise error

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import apps
 from .redact import redact
 from .redact import register as mask
-from .state import SessionRecord, lab_url
 from .units import human
 
 if TYPE_CHECKING:
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
     from .launch import Ready
     from .nodeaccess import Forwarded, HostBlock, Opened
     from .session import Listing, Orphan, Stopped
+    from .state import SessionRecord
 
 __all__ = ["Console", "mask", "redact", "setup_logging"]
 
@@ -174,13 +174,15 @@ def attached(console: Console, rec: SessionRecord, *, json_mode: bool) -> None:
 
 
 def listing(console: Console, result: Listing, *, json_mode: bool) -> None:
+    from .state import lab_url  # state (and paths) stay unimported for `hpclab --help`
+
     for problem in result.problems:
         console.warn(problem.message)
     rows = [summary(r.record, r.state) | {"tunnel": r.tunnel, "time_left": r.time_left} for r in result.rows]
-    if json_mode:
+    if not rows:
+        no_sessions(console, json_mode=json_mode)
+    elif json_mode:
         console.json(rows)
-    elif not rows:
-        console.info("no sessions")
     else:
         console.table(
             [[r["id"], r["profile"], r["job_id"] or "-", r["state"], r["node"] or "-",
@@ -191,6 +193,14 @@ def listing(console: Console, result: Listing, *, json_mode: bool) -> None:
         for r in rows:
             for f in r["forwards"]:
                 console.result(f"{r['id']}: {f['url']} -> port {f['node_port']} of {r['node']} (hpclab forward)")
+
+
+def no_sessions(console: Console, *, json_mode: bool) -> None:
+    """`list` when there is no session to show."""
+    if json_mode:
+        console.json([])
+    else:
+        console.info("no sessions")
 
 
 def stopped(console: Console, results: list[Stopped], *, json_mode: bool) -> None:

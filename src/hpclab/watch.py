@@ -8,8 +8,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from .cluster import Cluster, Report, quiet, tunnel_for
+from .cluster import Cluster, Report, Snapshot, quiet, tunnel_for
 from .errors import ForwardTaken, HpclabError, JobEndedError, MasterGone, TimeLimitError, Unreachable
+from .polite import Budget
 from .schedulers import JobInfo, JobState
 from .sessiondir import Ended
 from .state import SessionRecord, lab_url
@@ -38,6 +39,7 @@ class Watch:
         self.probe = lab_probe or (lambda port, token: probe(port, token, app=rec.app))
         self.deadline: float | None = None
         self.reconnects = 0
+        self.budget = Budget(clock=clock)  # scheduler queries: at most 2 a minute (polite.py)
 
     def run(self, probe_every: float = 2.0, job_every: float = 30.0) -> None:
         """Returns never; raises JobEndedError/TimeLimitError when the job ends. While the
@@ -93,11 +95,26 @@ class Watch:
     def _check_job(self) -> None:
         rec = self.rec
         assert rec.job_id
+        if not self.budget.allows():
+            # Asked often enough this minute: the end marker alone says whether Jupyter exited.
+            snap = self._poll()
+            if snap.ended:
+                raise self.ended(JobInfo(rec.job_id, JobState.ENDED), snap.ended)
+            return
         info = self.cluster.status([rec.job_id])[rec.job_id]
+        self.budget.spend()
         if info.time_left is not None:
             self.deadline = self.clock() + info.time_left
         if info.state.ended:
             raise self.ended(info)
+
+    def _poll(self) -> Snapshot:
+        """The session's files, and the scheduler's word when the budget allows a query."""
+        ask = self.budget.allows()
+        snap = self.cluster.poll(self.rec.id, 0, False, self.rec.job_id if ask else None)
+        if ask:
+            self.budget.spend()
+        return snap
 
     def ended(self, info: JobInfo, ended: Ended | None = None) -> JobEndedError:
         """The error that says why the job ended, from its end marker and the scheduler."""
@@ -123,7 +140,7 @@ class Watch:
         alive = self.cluster.login.alive()
         if alive:
             # One round trip says whether the job has ended (its end marker, or the scheduler).
-            snap = self.cluster.poll(rec.id, 0, False, rec.job_id)
+            snap = self._poll()
             if snap.ended or (snap.job and snap.job.state.ended):
                 raise self.ended(snap.job or JobInfo(rec.job_id or "", JobState.ENDED), snap.ended)
             if self._held() and self.probe(rec.local_port or 0, rec.token) == 200:
@@ -133,7 +150,7 @@ class Watch:
         self.cluster.login.connect()  # at most once, visibly: see SshRemote.connect
         # Forward again only to the Jupyter of a running job that has not written its end
         # marker: in tcp mode, once that Jupyter is gone its port on the node may be anyone's.
-        snap = self.cluster.poll(rec.id, 0, False, rec.job_id)
+        snap = self._poll()
         if snap.ended or (snap.job and snap.job.state.ended):
             raise self.ended(snap.job or JobInfo(rec.job_id or "", JobState.ENDED), snap.ended)
         tunnel = tunnel_for(self.cluster, rec)
