@@ -151,7 +151,7 @@ class FakeTunnel:
 @pytest.mark.parametrize("lab_answers", [True, False], ids=["healthy", "lab-never-answers"])
 def test_foreground_watch_asks_at_most_twice_a_minute(lab_answers: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(watch_module, "tunnel_for", lambda cluster, rec: FakeTunnel())
-    monkeypatch.setattr(watch_module, "wait_ready", lambda port, token, timeout: False)
+    monkeypatch.setattr(watch_module, "wait_ready", lambda port, token, timeout, app=None: False)
     clock = Clock()
     cluster = FakeCluster(clock, ends=30 * MINUTE)
     with pytest.raises(JobEndedError, match="cancelled"):
