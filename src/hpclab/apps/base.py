@@ -28,10 +28,10 @@ class App:
     server = ""  # the program, for people: "the job ended before Jupyter was ready"
     secret_name = "token"  # what the session's secret is to the app: "token" or "password"
     socket_name = ""  # its unix socket's name in the job's private runtime dir
-    # bash words of `hpclab_listen=(...)`: on the socket "$hpclab_sock", or on "$hpclab_addr";
-    # tcp_args None: the app cannot listen on a TCP port that hpclab learns safely.
+    # bash words of `hpclab_listen=(...)`: on the socket "$hpclab_sock", or on "$hpclab_addr"
+    # (an app whose start part chooses the port sets hpclab_listen itself).
     socket_args = ""
-    tcp_args: str | None = None
+    tcp_args = ""
     idle = ""  # how the app detects idleness, in words (README)
     check_timeout = 10.0  # seconds the lab check waits for each answer
     check_hint = ""  # what to do when its own lab check (problems) finds it open
