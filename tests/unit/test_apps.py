@@ -110,8 +110,8 @@ def cs_script(transport: str = "socket", setup: tuple[str, ...] = ("umask 002",)
     return render(get("slurm"), spec, JobOptions(SID, transport, setup=setup, idle_timeout=0, app="code-server"))
 
 
-def cs_start(tmp_path: Path, script: str, token: str = TOKEN) -> Job:
-    job = job_setup(tmp_path, script)
+def cs_start(tmp_path: Path, script: str, token: str = TOKEN, existing: Job | None = None) -> Job:
+    job = existing or job_setup(tmp_path, script)
     fake = job.home.parent / "bin" / "code-server"
     fake.write_text(f"#!{sys.executable}\n" + (FAKES / "code-server").read_text())
     fake.chmod(0o755)
@@ -312,6 +312,22 @@ def test_code_server_job_retries_a_port_another_program_took(short_tmp: Path, jo
     assert job.proc is not None
     said = job.proc.stderr.read()  # type: ignore[union-attr]
     assert said.count(b"was taken before code-server listened on it; trying another") == len(taken), said
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "127.0.1.1", "fd00::2"])
+def test_code_server_job_never_listens_on_a_wildcard_or_loopback_address(short_tmp: Path, jobs: list[Job],
+                                                                          address: str) -> None:
+    """A node whose name resolves to the wildcard (or loopback, or only IPv6): a clear job error,
+    never code-server on `*`."""
+    job = job_setup(short_tmp, cs_script("tcp"))
+    (job.home.parent / "bin" / "hostname").write_text(f"#!/bin/sh\necho {address}\n")
+    (job.home.parent / "bin" / "hostname").chmod(0o755)
+    job = cs_start(short_tmp, cs_script("tcp"), existing=job)
+    jobs.append(job)
+    assert job.proc is not None and job.proc.wait(30) == 1
+    said = job.proc.stderr.read()  # type: ignore[union-attr]
+    assert f"code-server needs this node's own IPv4 address in transport tcp, not '{address}'".encode() in said, said
+    assert not (job.out / "code-server.json").exists() and not (job.dir / "rendezvous.json").exists()
 
 
 def test_code_server_job_gives_up_after_a_few_taken_ports(short_tmp: Path, jobs: list[Job]) -> None:
