@@ -270,11 +270,14 @@ def squatters(job: Job) -> list[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def squatting(n: int, hang: bool = False) -> Iterator[None]:
-    """Another program takes the port the job chose before code-server binds it, n times."""
+def squatting(n: int, hang: bool = False, host: str = "") -> Iterator[None]:
+    """Another program takes the port the job chose before code-server binds it, n times
+    (on `host`, default the address code-server was told)."""
     FAKE_KNOBS["FAKE_CODE_SERVER_SQUAT"] = str(n)
     if hang:
         FAKE_KNOBS["FAKE_CODE_SERVER_HANG"] = "1"
+    if host:
+        FAKE_KNOBS["FAKE_CODE_SERVER_SQUAT_HOST"] = host
     try:
         yield
     finally:
@@ -295,11 +298,13 @@ def test_code_server_job_in_tcp_mode_listens_on_the_nodes_own_address(short_tmp:
     assert tcp_listener(job.rendezvous()["address"], job.rendezvous()["port"]) is None
 
 
-@pytest.mark.parametrize("hang", [False, True], ids=["code-server exits", "code-server stays"])
-def test_code_server_job_retries_a_port_another_program_took(short_tmp: Path, jobs: list[Job], hang: bool) -> None:
+@pytest.mark.parametrize(("hang", "host"), [(False, ""), (True, ""), (False, "::")],
+                         ids=["code-server exits", "code-server stays", "taken on IPv6's wildcard"])
+def test_code_server_job_retries_a_port_another_program_took(short_tmp: Path, jobs: list[Job], hang: bool,
+                                                             host: str) -> None:
     """A port taken between the job's choice and code-server's bind: another port, and the
     rendezvous names the one code-server itself listens on (not the other program's)."""
-    with squatting(1 if hang else 2, hang):
+    with squatting(1 if hang else 2, hang, host):
         job = cs_ready(short_tmp, jobs, cs_script("tcp"))
     try:
         taken = squatters(job)

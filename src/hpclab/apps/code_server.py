@@ -98,7 +98,8 @@ hpclab_cs_tcp_port() {{
     *[!0-9.]*|''|0.0.0.0|127.*) echo "hpclab: code-server needs this node's own IPv4 address in transport tcp, not '$hpclab_addr'" >&2; return 1 ;;
   esac
   local lo=32768 hi=60999 used
-  read -r lo hi < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null
+  read -r lo hi 2>/dev/null < /proc/sys/net/ipv4/ip_local_port_range
+  [ "$((hi))" -gt "$((lo))" ] 2>/dev/null || {{ lo=32768; hi=60999; }}
   hpclab_try=$((hpclab_try + 1))
   while :; do
     hpclab_port=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
@@ -107,11 +108,13 @@ hpclab_cs_tcp_port() {{
     [ -z "$used" ] && return 0
   done
 }}
+# (an IPv6 listener on the port, [::] say, keeps code-server's bind from working: another program's)
 hpclab_cs_tcp_state() {{  # hpclab_state: ours (code-server listens at ADDR:PORT), foreign (another program does), wait
   local inode fd pid
   inode=$(awk -v a="$(hpclab_cs_hex "$hpclab_addr")" -v b="$(printf '%02X%02X%02X%02X' ${{hpclab_addr//./ }})" \
     -v p="$(printf '%04X' "$hpclab_port")" \
-    'NR > 1 && $4 == "0A" && ($2 == a ":" p || $2 == b ":" p || $2 == "00000000:" p) {{print $10; exit}}' /proc/net/tcp)
+    'FNR > 1 && $4 == "0A" && ($2 == a ":" p || $2 == b ":" p || $2 == "00000000:" p || (FILENAME ~ /6$/ && $2 ~ ":" p "$")) {{print $10; exit}}' \
+    /proc/net/tcp /proc/net/tcp6 2>/dev/null)
   hpclab_state=wait
   [ -n "$inode" ] || return 0
   hpclab_state=foreign
