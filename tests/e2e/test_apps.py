@@ -278,12 +278,14 @@ def listeners(node: str, port: int) -> list[str]:
 
 def test_code_server_over_tcp_listens_on_the_nodes_address_behind_its_password(hpclab: Hpclab) -> None:
     """transport tcp: real code-server on the node's own address at the port the job chose (not
-    0.0.0.0), reached through the login connection; a second user on the login node who reaches
-    that port gets the login page, and a wrong password is refused; stop leaves nothing."""
+    0.0.0.0), reached through the login connection, the browser page logs in; a second user on
+    the login node who reaches that port gets the login page, and a wrong password is refused;
+    stop leaves nothing."""
     code_server_profile(hpclab)
     user = tc("TC_USER")
     with users_code_server_dirs():
-        info = hpclab.json("up", "testcluster", "--transport", "tcp", "--detach", "--no-browser")
+        # BROWSER=true: hpclab writes its private login page and "opens" it; Chromium opens that page.
+        info = hpclab.json("up", "testcluster", "--transport", "tcp", "--detach")
         port, password, node = info["local_port"], info["password"], info["node"]
         assert info["app"] == "code-server" and info["transport"] == "tcp" and info["state"] == "running"
         assert info["app_version"] == "4.100.3" and node in NODES
@@ -302,6 +304,14 @@ def test_code_server_over_tcp_listens_on_the_nodes_address_behind_its_password(h
         status, headers, _ = ask(port, "POST", "/login", {"Content-Type": "application/x-www-form-urlencoded"},
                                  urllib.parse.urlencode({"password": password}))
         assert status == 302 and headers["set-cookie"].startswith("code-server-session=")
+
+        # The browser hpclab opens lands in the workbench, logged in, through the tunnel.
+        with chromium() as browser:
+            page = browser.new_page()
+            page.set_default_timeout(90000)
+            page.goto((hpclab.home / "state" / "open" / f"{info['id']}.html").as_uri())
+            page.locator(".monaco-workbench").wait_for()
+            assert urllib.parse.urlparse(page.url).netloc == f"127.0.0.1:{port}"
 
         # The second user, on the login node, straight to the node's port.
         def as_user2(path: str, pw: str = "") -> list[Any]:
