@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lab import Hpclab, hpclab, profile_text, session_dirs, tc, tcx, user_jobs, wait_for
+from lab import Hpclab, hpclab, profile_text, session_dirs, sge_jobs, tc, tcx, user_jobs, wait_for
 
 __all__ = ["hpclab"]
 
@@ -328,6 +328,33 @@ def test_code_server_over_tcp_listens_on_the_nodes_address_behind_its_password(h
         hpclab("stop", info["id"])
         assert user_jobs(user) == [] and session_dirs(user) == []
         assert listeners(node, node_port) == []
+
+
+def test_code_server_auto_falls_back_to_tcp_where_the_node_refuses_ssh(hpclab: Hpclab) -> None:
+    """A Grid Engine job gives no SLURM job on the node, so pam_slurm_adopt refuses SSH there:
+    auto falls back to tcp for code-server as for Jupyter, says so, and the session works."""
+    if tc("TC_SGE") != "1":
+        raise AssertionError("Grid Engine is off in this test cluster (HPCLAB_TC_SGE=1 scripts/testcluster up)")
+    user = tc("TC_USER")
+    hpclab.write_config(profile_text("testcluster-sge", app="code-server", transport="auto",
+                                     setup=CODE_SERVER_SETUP))
+    with users_code_server_dirs():
+        up = hpclab("up", "testcluster-sge", "--detach", "--no-browser", "--json")
+        assert up.returncode == 0, up.stderr
+        assert "transport: tcp (the node refuses SSH:" in up.stderr, up.stderr
+        assert "the password keeps them out" in up.stderr
+        info = json.loads(up.stdout)
+        assert (info["app"], info["transport"], info["scheduler"]) == ("code-server", "tcp", "sge")
+        rdv = rendezvous(info["id"])
+        assert rdv["address"] not in ("", "0.0.0.0") and rdv["port"] > 0
+        port, password = info["local_port"], info["password"]
+        status, headers, _ = ask(port, "GET", "/")
+        assert status == 302 and headers["location"].endswith("login"), (status, headers)
+        status, headers, _ = ask(port, "POST", "/login", {"Content-Type": "application/x-www-form-urlencoded"},
+                                 urllib.parse.urlencode({"password": password}))
+        assert status == 302 and headers["set-cookie"].startswith("code-server-session=")
+        hpclab("stop", info["id"])
+        assert info["job_id"] not in sge_jobs(user) and session_dirs(user) == []
 
 
 # -- jupyter-server-proxy ----------------------------------------------------------------------
