@@ -5,7 +5,8 @@ JUPYTER_TOKEN_FILE. When Jupyter has bound its socket or port it writes its serv
 into the private runtime dir; the script then writes `rendezvous.json` (atomically) into the
 session directory, which hpclab reads. Jupyter's log is never parsed. The part that starts
 the app and waits until it listens is the app's (hpclab/apps): code-server makes its own 0600
-config file from the token file and is ready when its socket exists.
+config file from the token file and is ready when its socket exists (in tcp mode, when its own
+process listens at the port the job chose).
 """
 
 from __future__ import annotations
@@ -226,10 +227,6 @@ if [ -z "$hpclab_addr" ]; then hpclab_addr=$(hostname -I 2>/dev/null | awk '{pri
 if [ -z "$hpclab_addr" ]; then echo "hpclab: cannot find this node's address" >&2; exit 1; fi
 hpclab_listen=({tcp_args})"""
 
-# An app that listens only on a unix socket (see its module in hpclab/apps).
-NO_TCP = """echo "hpclab: {app} listens only on a unix socket in the job's private directory; this job was told to use transport tcp (the node refuses SSH, or transport = tcp): use transport socket" >&2
-exit 1"""
-
 # transport "auto": hpclab tries SSH to this node while the job starts and writes the
 # answer into the `listen` file; without an answer in 60 s the job falls back to tcp.
 LISTEN_AUTO = """hpclab_mode=tcp
@@ -258,8 +255,7 @@ def render(scheduler: Scheduler, spec: JobSpec, opts: JobOptions, template: str 
     sdir = SessionDir(opts.session_id)
     app = apps.get(opts.app)
     socket = LISTEN_SOCKET.replace("{socket_name}", app.socket_name).replace("{socket_args}", app.socket_args)
-    tcp = (LISTEN_TCP.replace("{tcp_args}", app.tcp_args) if app.tcp_args is not None
-           else NO_TCP.replace("{app}", app.name))
+    tcp = LISTEN_TCP.replace("{tcp_args}", app.tcp_args)
     listen = {
         "socket": socket,
         "tcp": tcp,

@@ -156,10 +156,6 @@ class Launch:
     def _run(self) -> Ready:
         rec, cluster, t = self.record, self.cluster, self.timings
         app = apps.get(rec.app)
-        if app.tcp_args is None and rec.transport == "tcp":
-            raise errors.ConfigError(f"{app.name} listens only on a unix socket on the node, so it needs "
-                                     "transport socket (or auto, where the node allows SSH)",
-                                     hint="drop transport = tcp for it")
         self.store.save(rec)
         start = time.monotonic()
         self.report("connect", f"connecting to {rec.host}")
@@ -316,13 +312,10 @@ class Launch:
             rec.transport = "tcp" if refused else "socket"
             self.report("transport", f"transport: {rec.transport}" +
                         (f" (the node refuses SSH: {refused})" if refused else ""))
-            if refused and apps.get(rec.app).tcp_args is None:
-                raise LoginRefused(f"{rec.app} needs SSH to the compute node {rec.node}, which refuses it: {refused}",
-                                   hint="code-server listens only on a unix socket on the node; "
-                                        "use JupyterLab there, or ask the site to allow SSH to nodes")
             if refused:
                 self.ctx.warn(f"the lab listens on {rec.node}'s network address (transport tcp): {refused}. "
-                              "Other users of the cluster can reach its port; the token keeps them out")
+                              f"Other users of the cluster can reach its port; the "
+                              f"{apps.get(rec.app).secret_name} keeps them out")
             self.cluster.write_listen(rec.id, rec.transport)
             self.store.save(rec)
             self.transports.remember(rec.host, rec.ssh_options, rec.scheduler, rec.transport)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lab import Hpclab, hpclab, profile_text, session_dirs, tc, tcx, user_jobs, wait_for
+from lab import Hpclab, hpclab, profile_text, session_dirs, sge_jobs, tc, tcx, user_jobs, wait_for
 
 __all__ = ["hpclab"]
 
@@ -251,10 +251,110 @@ def test_code_server_missing_is_a_job_error(hpclab: Hpclab) -> None:
     assert "'code-server' is not on PATH; give the profile modules" in proc.stderr
 
 
-def test_code_server_refuses_transport_tcp_before_submitting(hpclab: Hpclab) -> None:
+# What a second user on the login node sends to code-server's port: (status, set-cookie?, body).
+ASK_AS_USER2 = """import http.client, json, sys, urllib.parse
+addr, port, path, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+conn = http.client.HTTPConnection(addr, port, timeout=60)
+if password:
+    conn.request("POST", path, body=urllib.parse.urlencode({"password": password}),
+                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+else:
+    conn.request("GET", path)
+r = conn.getresponse()
+print(json.dumps([r.status, r.getheader("Location"), r.getheader("Set-Cookie"), r.read().decode(errors="replace")]))
+"""
+
+
+def listeners(node: str, port: int) -> list[str]:
+    """Local addresses of the sockets listening on `port` on `node` (kernel tables, hex as printed)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in tcx(node, ["cat", table]).stdout.splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[1].endswith(f":{port:04X}"):
+                found.append(f[1])
+    return found
+
+
+def test_code_server_over_tcp_listens_on_the_nodes_address_behind_its_password(hpclab: Hpclab) -> None:
+    """transport tcp: real code-server on the node's own address at the port the job chose (not
+    0.0.0.0), reached through the login connection, the browser page logs in; a second user on
+    the login node who reaches that port gets the login page, and a wrong password is refused;
+    stop leaves nothing."""
     code_server_profile(hpclab)
-    proc = hpclab("up", "testcluster", "--transport", "tcp", "--detach", "--no-browser")
-    assert proc.returncode == 2 and "needs transport socket" in proc.stderr, proc.stderr
+    user = tc("TC_USER")
+    with users_code_server_dirs():
+        # BROWSER=true: hpclab writes its private login page and "opens" it; Chromium opens that page.
+        info = hpclab.json("up", "testcluster", "--transport", "tcp", "--detach")
+        port, password, node = info["local_port"], info["password"], info["node"]
+        assert info["app"] == "code-server" and info["transport"] == "tcp" and info["state"] == "running"
+        assert info["app_version"] == "4.100.3" and node in NODES
+        rdv = rendezvous(info["id"])
+        addr, node_port = rdv["address"], rdv["port"]
+        assert rdv["transport"] == "tcp" and rdv["socket"] == "" and 0 < node_port < 65536
+        assert addr not in ("", "0.0.0.0") and not addr.startswith("127.")
+        hexaddr = "".join(f"{int(o):02X}" for o in reversed(addr.split(".")))
+        assert listeners(node, node_port) == [f"{hexaddr}:{node_port:04X}"]  # its address alone, no wildcard
+        argv = tcx(node, ["ps", "-ww", "-u", user, "-o", "args="]).stdout
+        assert f"--bind-addr {addr}:{node_port}" in argv and password not in argv
+
+        # Through the tunnel: the login page without the password, in with it.
+        status, headers, _ = ask(port, "GET", "/")
+        assert status == 302 and headers["location"].endswith("login"), (status, headers)
+        status, headers, _ = ask(port, "POST", "/login", {"Content-Type": "application/x-www-form-urlencoded"},
+                                 urllib.parse.urlencode({"password": password}))
+        assert status == 302 and headers["set-cookie"].startswith("code-server-session=")
+
+        # The browser hpclab opens lands in the workbench, logged in, through the tunnel.
+        with chromium() as browser:
+            page = browser.new_page()
+            page.set_default_timeout(90000)
+            page.goto((hpclab.home / "state" / "open" / f"{info['id']}.html").as_uri())
+            page.locator(".monaco-workbench").wait_for()
+            assert urllib.parse.urlparse(page.url).netloc == f"127.0.0.1:{port}"
+
+        # The second user, on the login node, straight to the node's port.
+        def as_user2(path: str, pw: str = "") -> list[Any]:
+            out = tcx("login", ["python3", "-c", ASK_AS_USER2, addr, str(node_port), path, pw], user=tc("TC_USER2"))
+            return list(json.loads(out.stdout))
+
+        status, location, cookie, _ = as_user2("/")
+        assert status == 302 and location.endswith("login") and cookie is None
+        status, _, cookie, body = as_user2("/login")
+        assert status == 200 and 'name="password"' in body and cookie is None
+        status, _, cookie, body = as_user2("/login", password[:-1] + "x")
+        assert status == 200 and cookie is None and "Incorrect password" in body
+
+        hpclab("stop", info["id"])
+        assert user_jobs(user) == [] and session_dirs(user) == []
+        assert listeners(node, node_port) == []
+
+
+def test_code_server_auto_falls_back_to_tcp_where_the_node_refuses_ssh(hpclab: Hpclab) -> None:
+    """A Grid Engine job gives no SLURM job on the node, so pam_slurm_adopt refuses SSH there:
+    auto falls back to tcp for code-server as for Jupyter, says so, and the session works."""
+    if tc("TC_SGE") != "1":
+        raise AssertionError("Grid Engine is off in this test cluster (HPCLAB_TC_SGE=1 scripts/testcluster up)")
+    user = tc("TC_USER")
+    hpclab.write_config(profile_text("testcluster-sge", app="code-server", transport="auto",
+                                     setup=CODE_SERVER_SETUP))
+    with users_code_server_dirs():
+        up = hpclab("up", "testcluster-sge", "--detach", "--no-browser", "--json")
+        assert up.returncode == 0, up.stderr
+        assert "transport: tcp (the node refuses SSH:" in up.stderr, up.stderr
+        assert "the password keeps them out" in up.stderr
+        info = json.loads(up.stdout)
+        assert (info["app"], info["transport"], info["scheduler"]) == ("code-server", "tcp", "sge")
+        rdv = rendezvous(info["id"])
+        assert rdv["address"] not in ("", "0.0.0.0") and rdv["port"] > 0
+        port, password = info["local_port"], info["password"]
+        status, headers, _ = ask(port, "GET", "/")
+        assert status == 302 and headers["location"].endswith("login"), (status, headers)
+        status, headers, _ = ask(port, "POST", "/login", {"Content-Type": "application/x-www-form-urlencoded"},
+                                 urllib.parse.urlencode({"password": password}))
+        assert status == 302 and headers["set-cookie"].startswith("code-server-session=")
+        hpclab("stop", info["id"])
+        assert info["job_id"] not in sge_jobs(user) and session_dirs(user) == []
 
 
 # -- jupyter-server-proxy ----------------------------------------------------------------------

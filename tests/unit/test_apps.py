@@ -4,7 +4,9 @@ its lab check, and `up --app code-server` through LocalRemote."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -92,6 +94,7 @@ HASH = hashlib.sha256(TOKEN.encode()).hexdigest()
 # What a setup line or the login may have set; none of it may reach code-server.
 HOSTILE_ENV = {"PASSWORD": "from-the-env", "HASHED_PASSWORD": "0" * 64, "CODE_SERVER_CONFIG": "/tmp/evil.yaml",
                "CODE_SERVER_HOST": "0.0.0.0", "PORT": "8080"}
+FAKE_KNOBS: dict[str, str] = {}  # the stand-in's (tests/unit/fakes/code-server), for one test
 
 
 @pytest.fixture
@@ -99,6 +102,11 @@ def short_tmp() -> Iterator[Path]:
     """A short directory: the socket's path must fit sun_path (108 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="hl-", dir="/tmp"))
     yield path
+    # a stand-in the job did not stop (a test that failed, a mutation): none outlives its test
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError):
+            if str(path).encode() in (proc / "cmdline").read_bytes() and int(proc.name) != os.getpid():
+                os.kill(int(proc.name), signal.SIGKILL)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -107,14 +115,14 @@ def cs_script(transport: str = "socket", setup: tuple[str, ...] = ("umask 002",)
     return render(get("slurm"), spec, JobOptions(SID, transport, setup=setup, idle_timeout=0, app="code-server"))
 
 
-def cs_start(tmp_path: Path, script: str, token: str = TOKEN) -> Job:
-    job = job_setup(tmp_path, script)
+def cs_start(tmp_path: Path, script: str, token: str = TOKEN, existing: Job | None = None) -> Job:
+    job = existing or job_setup(tmp_path, script)
     fake = job.home.parent / "bin" / "code-server"
     fake.write_text(f"#!{sys.executable}\n" + (FAKES / "code-server").read_text())
     fake.chmod(0o755)
     (job.dir / "token").write_text(token)
     env = {"HOME": str(job.home), "PATH": f"{job.home.parent / 'bin'}:/usr/bin:/bin", "TMPDIR": str(job.tmp),
-           "FAKE_OUT": str(job.out), "SLURM_JOB_ID": "4242", **HOSTILE_ENV}
+           "FAKE_OUT": str(job.out), "SLURM_JOB_ID": "4242", **HOSTILE_ENV, **FAKE_KNOBS}
     job.proc = subprocess.Popen(["bash", str(job.home.parent / "job.sh")], cwd=job.home, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return job
@@ -152,7 +160,9 @@ def check_cs_password(job: Job) -> None:
     assert TOKEN not in (Path(rt) / "code-server.yaml").read_text()
     assert not any(TOKEN in a for a in argv) and not any(TOKEN in v for v in env.values())
     assert not set(HOSTILE_ENV) & set(env), sorted(set(HOSTILE_ENV) & set(env))
-    assert "--socket" in argv and "--bind-addr" not in argv and "--auth" not in argv
+    assert "--auth" not in argv
+    if job.rendezvous()["transport"] == "socket":
+        assert "--socket" in argv and "--bind-addr" not in argv
     assert TOKEN not in job.script
 
 
@@ -219,12 +229,128 @@ def test_code_server_job_refuses_an_empty_or_short_password(short_tmp: Path, job
     assert not (job.out / "code-server.json").exists()
 
 
-def test_code_server_job_refuses_tcp(short_tmp: Path, jobs: list[Job]) -> None:
-    job = cs_start(short_tmp, cs_script("tcp"))
+def tcp_listener(address: str, port: int) -> str | None:
+    """The inode of the socket listening at address:port (or the wildcard), from the kernel's table."""
+    hexaddr = "".join(f"{int(o):02X}" for o in reversed(address.split(".")))
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and f[1] in (f"{hexaddr}:{port:04X}", f"00000000:{port:04X}"):
+            return f[9]
+    return None
+
+
+def socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                found.add(link[8:-1])
+    return found
+
+
+def check_cs_tcp(job: Job) -> None:
+    """tcp mode: code-server on the node's own address (never a wildcard or loopback) at the
+    rendezvous' port, and the listener there is code-server's own, behind its password."""
+    rdv, argv = job.rendezvous(), seen(job)["argv"]
+    addr, port = rdv["address"], rdv["port"]
+    assert rdv["transport"] == "tcp" and rdv["socket"] == "" and rdv["pid"] == seen(job)["pid"]
+    assert addr and addr != "0.0.0.0" and not addr.startswith("127.") and 0 < port < 65536
+    assert argv[argv.index("--bind-addr") + 1] == f"{addr}:{port}" and "--socket" not in argv
+    inode = tcp_listener(addr, port)
+    assert inode is not None and inode in socket_inodes(rdv["pid"]), "the rendezvous' port is not code-server's"
+    hexaddr = "".join(f"{int(o):02X}" for o in reversed(addr.split(".")))
+    table = Path("/proc/net/tcp").read_text()
+    assert f" {hexaddr}:{port:04X} " in table and f" 00000000:{port:04X} " not in table  # not on *
+    conn = http.client.HTTPConnection(addr, port, timeout=10)
+    conn.request("GET", "/")
+    answer = conn.getresponse()
+    assert answer.status == 302 and answer.getheader("Location") == "./login"  # the password login
+    conn.close()
+
+
+def squatters(job: Job) -> list[tuple[int, int]]:
+    log = job.out / "squatters"
+    return [(int(p), int(port)) for p, port in (x.split(":") for x in log.read_text().split())] if log.exists() else []
+
+
+@contextlib.contextmanager
+def squatting(n: int, hang: bool = False, host: str = "") -> Iterator[None]:
+    """Another program takes the port the job chose before code-server binds it, n times
+    (on `host`, default the address code-server was told)."""
+    FAKE_KNOBS["FAKE_CODE_SERVER_SQUAT"] = str(n)
+    if hang:
+        FAKE_KNOBS["FAKE_CODE_SERVER_HANG"] = "1"
+    if host:
+        FAKE_KNOBS["FAKE_CODE_SERVER_SQUAT_HOST"] = host
+    try:
+        yield
+    finally:
+        FAKE_KNOBS.clear()
+
+
+def kill_squatters(job: Job) -> None:
+    for pid, _ in squatters(job):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_code_server_job_in_tcp_mode_listens_on_the_nodes_own_address(short_tmp: Path, jobs: list[Job]) -> None:
+    job = cs_ready(short_tmp, jobs, cs_script("tcp"))
+    check_cs_tcp(job)
+    check_cs_password(job)
+    end_job(job, signal.SIGTERM)
+    assert tcp_listener(job.rendezvous()["address"], job.rendezvous()["port"]) is None
+
+
+@pytest.mark.parametrize(("hang", "host"), [(False, ""), (True, ""), (False, "::")],
+                         ids=["code-server exits", "code-server stays", "taken on IPv6's wildcard"])
+def test_code_server_job_retries_a_port_another_program_took(short_tmp: Path, jobs: list[Job], hang: bool,
+                                                             host: str) -> None:
+    """A port taken between the job's choice and code-server's bind: another port, and the
+    rendezvous names the one code-server itself listens on (not the other program's)."""
+    with squatting(1 if hang else 2, hang, host):
+        job = cs_ready(short_tmp, jobs, cs_script("tcp"))
+    try:
+        taken = squatters(job)
+        assert len(taken) == (1 if hang else 2)
+        check_cs_tcp(job)
+        assert job.rendezvous()["port"] not in [port for _, port in taken]
+    finally:
+        kill_squatters(job)
+    end_job(job)
+    assert job.proc is not None
+    said = job.proc.stderr.read()  # type: ignore[union-attr]
+    assert said.count(b"was taken before code-server listened on it; trying another") == len(taken), said
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "127.0.1.1", "fd00::2"])
+def test_code_server_job_never_listens_on_a_wildcard_or_loopback_address(short_tmp: Path, jobs: list[Job],
+                                                                          address: str) -> None:
+    """A node whose name resolves to the wildcard (or loopback, or only IPv6): a clear job error,
+    never code-server on `*`."""
+    job = job_setup(short_tmp, cs_script("tcp"))
+    (job.home.parent / "bin" / "hostname").write_text(f"#!/bin/sh\necho {address}\n")
+    (job.home.parent / "bin" / "hostname").chmod(0o755)
+    job = cs_start(short_tmp, cs_script("tcp"), existing=job)
     jobs.append(job)
-    assert job.proc is not None and job.proc.wait(15) == 1
-    assert b"code-server listens only on a unix socket" in job.proc.stderr.read()  # type: ignore[union-attr]
-    assert not (job.out / "code-server.json").exists()
+    assert job.proc is not None and job.proc.wait(30) == 1
+    said = job.proc.stderr.read()  # type: ignore[union-attr]
+    assert f"code-server needs this node's own IPv4 address in transport tcp, not '{address}'".encode() in said, said
+    assert not (job.out / "code-server.json").exists() and not (job.dir / "rendezvous.json").exists()
+
+
+def test_code_server_job_gives_up_after_a_few_taken_ports(short_tmp: Path, jobs: list[Job]) -> None:
+    with squatting(20):
+        job = cs_start(short_tmp, cs_script("tcp"))
+    jobs.append(job)
+    try:
+        assert job.proc is not None and job.proc.wait(60) == 1
+        said = job.proc.stderr.read()  # type: ignore[union-attr]
+        assert b"code-server could not listen on" in said and b"5 ports in a row were taken" in said, said
+        assert len(squatters(job)) == 5 and not (job.dir / "rendezvous.json").exists()
+    finally:
+        kill_squatters(job)
 
 
 def test_code_server_job_without_code_server_says_so(short_tmp: Path, jobs: list[Job]) -> None:
@@ -353,10 +479,11 @@ def test_attach_from_another_computer_finds_a_code_server_session(local: Local) 
     local.json("stop", up["id"])
 
 
-def test_auto_transport_on_a_node_that_refuses_ssh_stops_code_server_cleanly(local: Local,
+def test_auto_transport_on_a_node_that_refuses_ssh_runs_code_server_over_tcp(local: Local,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where nodes refuse SSH, auto falls back to tcp for Jupyter; code-server cannot listen there,
-    so up says so (exit 3), and the job is cancelled and its files removed."""
+    """Where nodes refuse SSH, auto falls back to tcp for code-server as for Jupyter: it listens on
+    the node's address, the forward goes there through the login connection, and the password
+    still holds; stop leaves nothing."""
     from hpclab.errors import LoginRefused
     from hpclab.remote import LocalRemote
 
@@ -370,6 +497,9 @@ def test_auto_transport_on_a_node_that_refuses_ssh_stops_code_server_cleanly(loc
     monkeypatch.setattr(LocalRemote, "hop", hop)
     install_fake(local)
     local.config('[profiles.cs-auto]\nhost = "localhost"\nscheduler = "none"\napp = "code-server"\n')
-    rc, _, err = local.hpclab("up", "cs-auto", "--detach", "--no-browser")
-    assert rc == 3 and "code-server needs SSH to the compute node" in err, err
+    up = local.json("up", "cs-auto", "--detach", "--no-browser")
+    assert (up["app"], up["transport"]) == ("code-server", "tcp")
+    assert probe(up["local_port"], up["password"], app="code-server") == 200
+    assert probe(up["local_port"], "not-the-password" * 3, app="code-server") == 403
+    local.json("stop", up["id"])
     assert local.session_ids() == [] and list(local.state.glob("state/sessions/*.json")) == []

@@ -31,10 +31,10 @@ class App:
     jupyter_server = True  # runs on jupyter_server (whose version hpclab holds to a minimum)
     version_args: tuple[str, ...] = ("--version",)  # what prints a program's version and changes nothing
     socket_name = ""  # its unix socket's name in the job's private runtime dir
-    # bash words of `hpclab_listen=(...)`: on the socket "$hpclab_sock", or on "$hpclab_addr";
-    # tcp_args None: the app cannot listen on a TCP port that hpclab learns safely.
+    # bash words of `hpclab_listen=(...)`: on the socket "$hpclab_sock", or on "$hpclab_addr"
+    # (an app whose start part chooses the port sets hpclab_listen itself).
     socket_args = ""
-    tcp_args: str | None = None
+    tcp_args = ""
     idle = ""  # how the app detects idleness, in words (README)
     check_timeout = 10.0  # seconds the lab check waits for each answer
     check_hint = ""  # what to do when its own lab check (problems) finds it open

@@ -134,6 +134,49 @@ HPCLAB_CONFIG
 } > "$hpclab_runtime/config/jupyter_server_config.py" ) || exit 1
 export JUPYTER_CONFIG_PATH="$hpclab_runtime/config${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"
 
+hpclab_cs_hex() {  # an IPv4 address as /proc/net/tcp prints it on a little-endian node
+  local IFS=.
+  set -- $1
+  printf '%02X%02X%02X%02X' "$4" "$3" "$2" "$1"
+}
+hpclab_cs_tcp_port() {
+  case $hpclab_addr in
+    *[!0-9.]*|''|0.0.0.0|127.*) echo "hpclab: code-server needs this node's own IPv4 address in transport tcp, not '$hpclab_addr'" >&2; return 1 ;;
+  esac
+  local lo=32768 hi=60999 used
+  read -r lo hi 2>/dev/null < /proc/sys/net/ipv4/ip_local_port_range
+  [ "$((hi))" -gt "$((lo))" ] 2>/dev/null || { lo=32768; hi=60999; }
+  hpclab_try=$((hpclab_try + 1))
+  while :; do
+    hpclab_port=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
+    used=$(awk -v p="$(printf ':%04X' "$hpclab_port")" 'NR > 1 && substr($2, length($2) - 4) == p {print "used"; exit}' \
+      /proc/net/tcp /proc/net/tcp6 2>/dev/null)
+    [ -z "$used" ] && return 0
+  done
+}
+# (an IPv6 listener on the port, [::] say, keeps code-server's bind from working: another program's)
+hpclab_cs_tcp_state() {  # hpclab_state: ours (code-server listens at ADDR:PORT), foreign (another program does), wait
+  local inode fd pid
+  inode=$(awk -v a="$(hpclab_cs_hex "$hpclab_addr")" -v b="$(printf '%02X%02X%02X%02X' ${hpclab_addr//./ })" \
+    -v p="$(printf '%04X' "$hpclab_port")" \
+    'FNR > 1 && $4 == "0A" && ($2 == a ":" p || $2 == b ":" p || $2 == "00000000:" p || (FILENAME ~ /6$/ && $2 ~ ":" p "$")) {print $10; exit}' \
+    /proc/net/tcp /proc/net/tcp6 2>/dev/null)
+  hpclab_state=wait
+  [ -n "$inode" ] || return 0
+  hpclab_state=foreign
+  [ -n "$hpclab_pid" ] || return 0
+  # Only this user's processes' fds are readable: a socket found there belongs to a process of
+  # the user, which must also be code-server or one of its children.
+  for fd in /proc/[0-9]*/fd/*; do
+    [ "$(readlink "$fd" 2>/dev/null)" = "socket:[$inode]" ] || continue
+    pid=${fd#/proc/}; pid=${pid%%/*}
+    while [ -n "$pid" ] && [ "$pid" -gt 1 ]; do
+      if [ "$pid" = "$hpclab_pid" ]; then hpclab_state=ours; return 0; fi
+      pid=$(awk '{sub(/^.*\) /, ""); print $2}' "/proc/$pid/stat" 2>/dev/null)
+    done
+  done
+  return 0
+}
 if ! command -v code-server >/dev/null 2>&1; then
   echo "hpclab: 'code-server' is not on PATH; give the profile modules that provide it (modules = [\"code-server\"]) or a setup line" >&2
   exit 127
@@ -164,23 +207,50 @@ if [ "$hpclab_mode" = socket ]; then
   hpclab_sock="$hpclab_runtime/code-server.sock"
   hpclab_listen=(--socket "$hpclab_sock" --socket-mode 600)
 else
-  echo "hpclab: code-server listens only on a unix socket in the job's private directory; this job was told to use transport tcp (the node refuses SSH, or transport = tcp): use transport socket" >&2
-  exit 1
+  hpclab_mode=tcp
+  hpclab_sock=
+  hpclab_addr=$(getent ahostsv4 "$(hostname)" 2>/dev/null | awk '$1 !~ /^127\./ {print $1; exit}')
+  if [ -z "$hpclab_addr" ]; then hpclab_addr=$(hostname -I 2>/dev/null | awk '{print $1}'); fi
+  if [ -z "$hpclab_addr" ]; then echo "hpclab: cannot find this node's address" >&2; exit 1; fi
+  hpclab_listen=()
 fi
-# `command`: the code-server program on PATH, never a shell function a setup line defined.
-command code-server --config "$hpclab_config" --disable-telemetry --disable-update-check "${hpclab_listen[@]}" . &
-hpclab_pid=$!
-
-# Ready when its socket exists: code-server makes it when it listens.
-hpclab_port=
 hpclab_jupyter_server=
-while [ ! -S "$hpclab_sock" ]; do
-  if ! kill -0 "$hpclab_pid" 2>/dev/null; then
-    wait "$hpclab_pid"; hpclab_rc=$?
-    echo "hpclab: code-server exited with status $hpclab_rc before it was ready" >&2
-    exit "$hpclab_rc"
+hpclab_port=
+hpclab_try=0
+while :; do
+  if [ "$hpclab_mode" = tcp ]; then
+    hpclab_cs_tcp_port || exit 1
+    hpclab_listen=(--bind-addr "$hpclab_addr:$hpclab_port")
   fi
-  sleep 0.1 2>/dev/null || sleep 1
+  # `command`: the code-server program on PATH, never a shell function a setup line defined.
+  command code-server --config "$hpclab_config" --disable-telemetry --disable-update-check "${hpclab_listen[@]}" . &
+  hpclab_pid=$!
+  # Ready when its socket exists (code-server makes it when it listens), or in tcp mode when
+  # the listener at ADDR:PORT is code-server's own.
+  hpclab_state=wait
+  while :; do
+    if [ "$hpclab_mode" = tcp ]; then hpclab_cs_tcp_state; elif [ -S "$hpclab_sock" ]; then hpclab_state=ours; fi
+    [ "$hpclab_state" = ours ] && break
+    if [ "$hpclab_state" = foreign ]; then kill -TERM "$hpclab_pid" 2>/dev/null; fi
+    if [ "$hpclab_state" = foreign ] || ! kill -0 "$hpclab_pid" 2>/dev/null; then
+      wait "$hpclab_pid"; hpclab_rc=$?
+      hpclab_pid=
+      if [ "$hpclab_mode" = tcp ]; then hpclab_cs_tcp_state; fi
+      break
+    fi
+    sleep 0.1 2>/dev/null || sleep 1
+  done
+  [ "$hpclab_state" = ours ] && break
+  if [ "$hpclab_state" = foreign ] && [ "$hpclab_try" -lt 5 ]; then
+    echo "hpclab: port $hpclab_port of $hpclab_addr was taken before code-server listened on it; trying another" >&2
+    continue
+  fi
+  if [ "$hpclab_state" = foreign ]; then
+    echo "hpclab: code-server could not listen on $hpclab_addr: $hpclab_try ports in a row were taken by another program; try again" >&2
+    exit 1
+  fi
+  echo "hpclab: code-server exited with status $hpclab_rc before it was ready" >&2
+  exit "$hpclab_rc"
 done
 hpclab_write rendezvous.json "{\"version\": 1, \"session\": \"$HPCLAB_SESSION\", \"job_id\": $(hpclab_json "$HPCLAB_JOB_ID"), \"node\": $(hpclab_json "$(hostname)"), \"user\": $(hpclab_json "$(id -un)"), \"transport\": \"$hpclab_mode\", \"address\": $(hpclab_json "$hpclab_addr"), \"port\": ${hpclab_port:-0}, \"socket\": $(hpclab_json "$hpclab_sock"), \"pid\": $hpclab_pid, \"runtime_dir\": $(hpclab_json "$hpclab_runtime"), \"jupyter_server\": $(hpclab_json "$hpclab_jupyter_server"), \"app\": \"code-server\", \"app_version\": $(hpclab_json "$hpclab_version")}"
 
