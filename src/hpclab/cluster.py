@@ -75,10 +75,10 @@ SUBMIT = (
 # $1 session dir (relative to $HOME), $2 tenths of a second to wait at most, $3 1 to
 # return as soon as the job has started; the rest is the scheduler's status argv (maybe none).
 # A planted file does not end the wait early (hpclab_ok, not -e): `up` would poll in a tight loop.
-# Waiting for the rendezvous ($3 0: Jupyter starting, seconds), it looks every 0.05 s, since the
+# Waiting for the rendezvous ($3 0: Jupyter starting, seconds), it looks every 0.02 s, since the
 # lab is ready when it is seen; waiting in the queue (minutes, maybe), every 0.1 s.
 POLL = (
-    _OWN + 'd="$HOME/$1"; n=$2; s=$3; t=0.1; shift 3; [ "$s" = 1 ] || { t=0.05; n=$((n * 2)); }; '
+    _OWN + 'd="$HOME/$1"; n=$2; s=$3; t=0.1; shift 3; [ "$s" = 1 ] || { t=0.02; n=$((n * 5)); }; '
     'i=0; while [ "$i" -lt "$n" ]; do '
     f'hpclab_ok "$d/{_F.rendezvous}" && break; hpclab_ok "$d/{_F.ended}" && break; '
     f'[ "$s" = 1 ] && hpclab_ok "$d/{_F.started}" && break; sleep "$t" 2>/dev/null || sleep 1; i=$((i+1)); done; '

@@ -17,7 +17,9 @@ fi
 command jupyter {subcommand} {jupyter_args} "${{hpclab_listen[@]}}" &
 hpclab_pid=$!
 
-# Ready when Jupyter has written its server-info file: it has bound by then.
+# Ready when Jupyter has written its server-info file (it binds in its event loop's first callback,
+# right after: the readiness probe through the tunnel waits for that). Looked for every 0.02 s: the
+# lab is ready for the user the moment this loop sees it.
 hpclab_port=
 hpclab_version=
 while [ -z "$hpclab_version" ]; do
@@ -26,7 +28,7 @@ while [ -z "$hpclab_version" ]; do
     echo "hpclab: jupyter exited with status $hpclab_rc before it was ready" >&2
     exit "$hpclab_rc"
   fi
-  sleep 0.1 2>/dev/null || sleep 1
+  sleep 0.02 2>/dev/null || sleep 1
   for hpclab_info in "$JUPYTER_RUNTIME_DIR"/jpserver-*.json; do
     [ -s "$hpclab_info" ] || continue
     # keys are sorted and "version" is the last one: once it is there the file is complete

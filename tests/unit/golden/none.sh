@@ -153,7 +153,9 @@ fi
 command jupyter lab --no-browser --KernelManager.transport=ipc --ServerApp.allow_remote_access=False --ServerApp.shutdown_no_activity_timeout=3600 --MappingKernelManager.cull_idle_timeout=3600 --MappingKernelManager.cull_interval=60 --MappingKernelManager.cull_connected=False "${hpclab_listen[@]}" &
 hpclab_pid=$!
 
-# Ready when Jupyter has written its server-info file: it has bound by then.
+# Ready when Jupyter has written its server-info file (it binds in its event loop's first callback,
+# right after: the readiness probe through the tunnel waits for that). Looked for every 0.02 s: the
+# lab is ready for the user the moment this loop sees it.
 hpclab_port=
 hpclab_version=
 while [ -z "$hpclab_version" ]; do
@@ -162,7 +164,7 @@ while [ -z "$hpclab_version" ]; do
     echo "hpclab: jupyter exited with status $hpclab_rc before it was ready" >&2
     exit "$hpclab_rc"
   fi
-  sleep 0.1 2>/dev/null || sleep 1
+  sleep 0.02 2>/dev/null || sleep 1
   for hpclab_info in "$JUPYTER_RUNTIME_DIR"/jpserver-*.json; do
     [ -s "$hpclab_info" ] || continue
     # keys are sorted and "version" is the last one: once it is there the file is complete
