@@ -257,7 +257,10 @@ class Launch:
     def _wait_rendezvous(self, snap: Snapshot) -> Rendezvous:
         rec, cluster = self.record, self.cluster
         assert rec.job_id
-        if rec.transport in ("socket", "auto") and rec.node and not snap.rendezvous and not snap.ended:
+        # Also when the rendezvous is already there (a job that started, and whose Jupyter came up,
+        # between two looks at the queue): the socket still needs the node connection, and a node
+        # that refuses a remembered socket must be found out here, where starting again is possible.
+        if rec.transport in ("socket", "auto") and rec.node and not snap.ended:
             self._prepare_node()
         budget = polite.Budget(clock=self.clock)  # the job runs: ask as rarely as the watch does
         budget.spend()  # the query that saw it start
