@@ -28,7 +28,8 @@ from dataclasses import dataclass, field, replace
 from . import apps, envs, profiles
 from .cluster import Cluster
 from .errors import ExitCode, HpclabError, LoginRefused, Unreachable
-from .launch import MIN_JUPYTER_SERVER, REQUIRED_JUPYTER_SERVER, job_spec, new_record, version_tuple
+from .launch import MIN_JUPYTER_SERVER, REQUIRED_JUPYTER_SERVER, new_record, version_tuple
+from .options import JOB_KEYS
 from .profiles import Profile
 from .remote import Remote
 from .schedulers import JobSpec, Scheduler
@@ -69,6 +70,18 @@ class Diagnosis:
 
 def _failure(name: str, exc: HpclabError, detail: str | None = None) -> Check:
     return Check(name, FAIL, detail or exc.message, exc.hint, exc.exit_code)
+
+
+# -- the job's spec, as `up` would submit it ----------------------------------------------------
+
+
+def job_spec(profile: Profile, session_id: str, *, time_limit: int | None = None) -> JobSpec:
+    """The JobSpec `hpclab up` submits for `profile` (launch.Launch._submit builds the same)."""
+    sdir = SessionDir(session_id)
+    values = {key: getattr(profile, key) for key in JOB_KEYS}
+    if time_limit is not None:
+        values["time"] = time_limit
+    return JobSpec(session_id=session_id, output=sdir.file(sdir.output), error=sdir.file(sdir.error), **values)
 
 
 # How each scheduler says whether it would take a job without queueing one: the argv (the

@@ -295,8 +295,8 @@ def job_kernels(kernels: tuple[Kernel, ...]) -> str:
 
 PROBE_MARK = "@@hpclab-env"
 
-# $1 as a JSON string, whatever it holds: in the probe, and in every job script (jobscript.BODY).
-JSON_FUNCTION = r"""hpclab_json() {  # $1 as a JSON string, whatever it holds (a host name, $TMPDIR, a user name)
+# The same as jobscript BODY's hpclab_json: $1 as a JSON string, whatever it holds.
+JSON_FUNCTION = r"""hpclab_json() {
   local s=$1 out= c i
   for (( i = 0; i < ${#s}; i++ )); do
     c=${s:i:1}

@@ -148,7 +148,20 @@ hpclab_reason=exited
 hpclab_write() {{  # atomic: readers see the whole file or none; 0600 whatever umask a setup line set
   ( umask 077 && printf '%s\n' "$2" > "$HPCLAB_DIR/.$1.tmp" ) 2>/dev/null && mv -f "$HPCLAB_DIR/.$1.tmp" "$HPCLAB_DIR/$1" 2>/dev/null
 }}
-{json_function}hpclab_stop() {{
+hpclab_json() {{  # $1 as a JSON string, whatever it holds (a host name, $TMPDIR, a user name)
+  local s=$1 out= c i
+  for (( i = 0; i < ${{#s}}; i++ )); do
+    c=${{s:i:1}}
+    case $c in
+      \\) out+='\\' ;;
+      \") out+='\"' ;;
+      [[:cntrl:]]) printf -v c '\\u%04x' "'$c"; out+=$c ;;
+      *) out+=$c ;;
+    esac
+  done
+  printf '"%s"' "$out"
+}}
+hpclab_stop() {{
   hpclab_reason=$1
   if [ -n "$hpclab_pid" ]; then kill -TERM "$hpclab_pid" 2>/dev/null; else exit "$2"; fi
 }}
@@ -267,7 +280,6 @@ def render(scheduler: Scheduler, spec: JobSpec, opts: JobOptions, template: str 
         kernels=envs.job_kernels(opts.kernels),
         setup="\n".join(opts.setup) if opts.setup else ":",
         server_config=SERVER_CONFIG,
-        json_function=envs.JSON_FUNCTION,
         start=app.start(
             notebook_dir=shell_path(opts.notebook_dir) if opts.notebook_dir else '"$HOME"', listen=listen,
             extra_args=" ".join(shlex.quote(a) for a in jupyter_args(opts)), secret_file=f'"$HPCLAB_DIR/{sdir.token}"',

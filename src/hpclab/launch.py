@@ -83,15 +83,6 @@ def new_record(profile: Profile) -> SessionRecord:
     )
 
 
-def job_spec(profile: Profile, session_id: str, *, time_limit: int | None = None) -> JobSpec:
-    """The JobSpec `up` submits for `profile` (doctor's dry run and test job ask for the same)."""
-    sdir = SessionDir(session_id)
-    values = {key: getattr(profile, key) for key in JOB_KEYS}
-    if time_limit is not None:
-        values["time"] = time_limit
-    return JobSpec(session_id=session_id, output=sdir.file(sdir.output), error=sdir.file(sdir.error), **values)
-
-
 class Launch:
     """`hpclab up` for one profile. The constructor only stores; `run()` does the work."""
 
@@ -211,7 +202,9 @@ class Launch:
 
     def _submit(self) -> str:
         rec, profile = self.record, self.profile
-        spec = job_spec(profile, rec.id)
+        sdir = SessionDir(rec.id)
+        spec = JobSpec(session_id=rec.id, output=sdir.file(sdir.output), error=sdir.file(sdir.error),
+                       **{key: getattr(profile, key) for key in JOB_KEYS})
         opts = jobscript.JobOptions(
             session_id=rec.id, transport=rec.transport, setup=profile.setup,
             notebook_dir=profile.notebook_dir, idle_timeout=profile.idle_timeout, env=profile.env,
@@ -221,7 +214,7 @@ class Launch:
         template = jobscript.read_template(profile.template) if profile.template else None
         script = jobscript.render(self.cluster.scheduler, spec, opts, template)
         self.timings.scheduler_queries += 1
-        return self.cluster.submit(SessionDir(rec.id), rec.token, script)
+        return self.cluster.submit(sdir, rec.token, script)
 
     def _wait_started(self) -> Snapshot:
         rec, cluster = self.record, self.cluster
